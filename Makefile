@@ -1,0 +1,53 @@
+# golong: `make demo` and `make test` work from a fresh clone (each installs what it needs first).
+SHELL := /bin/bash
+BIN := .venv/bin
+PYTHON := $(BIN)/python
+
+# torchrun topology, overridable: make train-4b NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1
+NNODES ?= 1
+NPROC_PER_NODE ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+TORCHRUN = $(BIN)/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC_PER_NODE) --node_rank=$(NODE_RANK) \
+	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m golong
+ARGS ?=
+
+# vLLM on CPU keeps its engine core in-process with a 1 GiB KV cache (ENVIRONMENT.md); ignored on GPU.
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-fast demo train-4b train-30b bench lint dry-run clean
+
+install:
+	@bash scripts/install.sh
+
+test: install
+	$(PYTHON) -m pytest -q --durations=15 $(ARGS)
+
+test-fast: install  ## the suite without the real-engine (slow) tests
+	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
+
+demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU ranks; writes runs/demo/
+	$(PYTHON) -m golong prepare-demo runs/demo-assets
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 --master_port=$(MASTER_PORT) -m golong train recipes/tiny-cpu.yaml $(ARGS)
+	$(PYTHON) -m golong plot runs/demo
+
+train-4b: install  ## Qwen3-4B with TMN-Reweight (RECIPE=recipes/qwen3-4b-grpo.yaml for plain GRPO)
+	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS)
+
+train-30b: install
+	$(TORCHRUN) train recipes/qwen3-30b-a3b-grpo.yaml $(ARGS)
+
+dry-run: install  ## resolve and validate every recipe
+	for r in recipes/*.yaml; do $(PYTHON) -m golong train $$r --dry-run > /dev/null && echo "ok $$r"; done
+
+bench: install
+	for b in bench/*.py; do echo "== $$b"; $(PYTHON) $$b; done
+
+lint: install
+	$(PYTHON) -m pyflakes golong tests bench 2>/dev/null || $(PYTHON) -m compileall -q golong tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,98 @@
+"""`golong` command line: train, eval, data tools, plot, export, and the CPU demo's assets.
+
+Heavy libraries (torch, vLLM, DeepSpeed) are imported only by the command that needs them, so
+`golong --help` and `golong train RECIPE --dry-run` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from golong.configlib import ConfigError, reference_markdown, to_dict
+
+
+def _train(args: argparse.Namespace) -> int:
+    from golong.config import Config, load_config
+
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"golong: config error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(f"# {args.recipe}: valid ({len(args.overrides)} override(s))", file=sys.stderr)
+        return 0
+    assert isinstance(cfg, Config)
+    from golong.trainer.loop import train
+
+    train(cfg)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from golong.trainer.loop import export_checkpoint
+
+    export_checkpoint(args.run_dir, args.out)
+    return 0
+
+
+def _prepare_demo(args: argparse.Namespace) -> int:
+    from golong.data.synthetic import demo_corpus, make_demo_dataset
+    from golong.tiny_model import build_tiny_model
+
+    make_demo_dataset(f"{args.out_dir}/train.jsonl", n=args.rows, seed=0)
+    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus())
+    print(f"demo assets in {args.out_dir}: train.jsonl ({args.rows} rows), model/")
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from golong.config import Config
+
+    print(reference_markdown(Config))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from golong.data.cli import add_data_commands
+    from golong.eval import add_eval_command
+    from golong.plot import add_plot_command
+
+    parser = argparse.ArgumentParser(prog="golong", description="GoLongRL training for long-context LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train with a YAML recipe (alone or under torchrun)")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny-cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.total_steps=3")
+    p.add_argument("--dry-run", action="store_true", help="resolve, validate and print the config, then exit")
+    p.set_defaults(func=_train)
+
+    add_eval_command(sub)
+    add_data_commands(sub)
+    add_plot_command(sub)
+
+    p = sub.add_parser("export", help="write an HF-format model from a run's latest checkpoint")
+    p.add_argument("run_dir", help="a run folder (trainer.output_dir)")
+    p.add_argument("--out", default=None, help="destination (default RUN_DIR/hf)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("prepare-demo", help="write the CPU demo's synthetic dataset and tiny model")
+    p.add_argument("out_dir")
+    p.add_argument("--rows", type=int, default=512)
+    p.set_defaults(func=_prepare_demo)
+
+    p = sub.add_parser("config-reference", help="print every config key with its default and doc (markdown)")
+    p.set_defaults(func=_config_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

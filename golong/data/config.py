@@ -1,0 +1,25 @@
+"""Config of the dataset: which files, how prompts are built and filtered, how batches are drawn."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from golong.configlib import invalid, option
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = option([], "Training files: native rows or released GoLongRL records (.jsonl or .parquet).")
+    format: Literal["auto", "native", "released"] = option("auto", "Row format; auto tells native rows from released (verl) records per file.")
+    prompts_per_step: int = option(128, "Prompts drawn per training step (Table 12: 128); each gets rollout.n responses.")
+    max_prompt_length: int = option(163840, "Prompts longer than this many tokens are dropped, counted and logged (Table 12: 160K).")
+    on_bad_row: Literal["error", "skip"] = option("error", "A malformed row stops loading (error) or is skipped and counted (skip).")
+    shuffle: bool = option(True, "Draw prompts in a fresh random order every epoch (uniform sampling, paper Eq. 4).")
+    seed: int = option(1, "Seed of the prompt order; with the checkpointed position it makes resumed runs see the same batches.")
+    enable_thinking: bool = option(True, "Passed to the chat template (Qwen3 thinking models open <think> in the prompt).")
+
+    def validate(self) -> None:
+        if self.prompts_per_step < 1:
+            raise invalid("prompts_per_step", f"must be at least 1, got {self.prompts_per_step}", "set a positive batch size")
+        if self.max_prompt_length < 1:
+            raise invalid("max_prompt_length", f"must be positive, got {self.max_prompt_length}", "set the longest prompt in tokens")

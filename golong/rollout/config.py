@@ -1,0 +1,38 @@
+"""Config of the colocated vLLM rollout engine: sampling, memory, weight sync and sleep."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from golong.configlib import invalid, option
+
+
+@dataclass
+class RolloutConfig:
+    n: int = option(16, "Responses generated per prompt, the group size G (Table 12: 16).")
+    temperature: float = option(1.0, "Sampling temperature (section 5.1: 1.0); the trainer divides logits by it too.")
+    top_p: float = option(1.0, "Nucleus sampling (section 5.1: 1.0).")
+    max_response_length: int = option(16384, "Most tokens generated per response (Table 12: 16K).")
+    max_model_len: int = option(0, "vLLM context length; 0 derives data.max_prompt_length + max_response_length.")
+    tensor_parallel_size: int = option(1, "vLLM tensor-parallel size, carved out of the torchrun world.")
+    dtype: Literal["bfloat16", "float16"] = option("bfloat16", "Engine dtype; bfloat16 also on CPU, where float32 silently ignores weight updates.")
+    gpu_memory_utilization: float = option(0.5, "Share of accelerator memory vLLM may take (weights + KV cache).")
+    cpu_kvcache_space_gib: int = option(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    enable_prefix_caching: bool = option(True, "Share a prompt's KV cache among its G responses.")
+    enforce_eager: bool = option(False, "Disable CUDA graphs (slower, less memory at start-up).")
+    sleep_level: Literal[0, 1, 2] = option(1, "CUDA only: 0 never sleep; 1 offload weights, drop KV cache; 2 drop both (weights re-synced on wake).")
+    sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
+    overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
+    seed: int = option(0, "Sampling seed; each data-parallel rank adds its rank.")
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise invalid("n", f"must be at least 1, got {self.n}", "use the group size, e.g. 16")
+        if self.temperature <= 0:
+            raise invalid("temperature", f"must be positive, got {self.temperature}", "use 1.0 for training")
+        if not 0 < self.top_p <= 1:
+            raise invalid("top_p", f"must be in (0, 1], got {self.top_p}", "use 1.0")
+        if self.max_response_length < 1:
+            raise invalid("max_response_length", f"must be positive, got {self.max_response_length}", "e.g. 16384")
+        if self.sync_bucket_mb < 1:
+            raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")

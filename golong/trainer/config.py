@@ -1,0 +1,117 @@
+"""Config of the policy model, the loss, the optimizer and the run (checkpoints, logging)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from golong.advantage.config import AdvantageConfig
+from golong.configlib import invalid, option
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("", "Local HF model folder or hub id of the policy (loaded with transformers).")
+    dtype: Literal["auto", "bfloat16", "float32"] = option("auto", "Training dtype; auto is bfloat16 on CUDA and float32 on CPU.")
+    attention: Literal["auto", "flash_attention_2", "torch_varlen", "per_sequence"] = option(
+        "auto", "Packed attention: auto picks flash-attn varlen on CUDA (torch varlen without flash-attn), per_sequence on CPU.")
+    gradient_checkpointing: bool = option(True, "Recompute activations in backward (activation checkpointing).")
+    trust_remote_code: bool = option(False, "Allow model code from the model folder (transformers trust_remote_code).")
+    zero3_leaf_modules: list[str] = option([], "Module class names gathered whole under ZeRO-3 (MoE blocks, e.g. Qwen3MoeSparseMoeBlock).")
+
+    def validate(self) -> None:
+        if not self.path:
+            raise invalid("path", "is empty", "set model.path to a local HF folder or a hub id")
+
+
+@dataclass
+class PolicyLossConfig:
+    clip_ratio_low: float = option(0.2, "PPO clip: rho is kept above 1 - clip_ratio_low (Table 12: 0.2).")
+    clip_ratio_high: float = option(0.28, "Clip-higher: rho is kept below 1 + clip_ratio_high (Table 12: 0.28).")
+    dual_clip_c: float = option(3.0, "Dual clip for negative advantages: the loss is at most c * |A| (Table 12: 3.0); 0 turns it off.")
+    agg_mode: Literal["auto", "token-mean", "seq-mean-token-mean", "constant-norm"] = option(
+        "auto", "Loss aggregation; auto uses the estimator's preference (constant-norm for dr_grpo), else token-mean (Eq. 4).")
+    constant_norm_length: int = option(0, "Dr.GRPO's constant L (Eq. 3); 0 means rollout.max_response_length.")
+    kl_coef: float = option(0.0, "Weight of the k3 KL to the initial (reference) policy; 0 keeps no reference model.")
+    entropy_coef: float = option(0.0, "Entropy bonus weight (0 by default).")
+
+    def validate(self) -> None:
+        if not 0 <= self.clip_ratio_low < 1:
+            raise invalid("clip_ratio_low", f"must be in [0, 1), got {self.clip_ratio_low}", "use 0.2")
+        if self.clip_ratio_high < 0:
+            raise invalid("clip_ratio_high", f"must be >= 0, got {self.clip_ratio_high}", "use 0.28")
+        if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
+            raise invalid("dual_clip_c", f"must be > 1 (or 0 to disable), got {self.dual_clip_c}", "use 3.0")
+
+
+@dataclass
+class IcePopConfig:
+    mode: Literal["off", "mask", "truncate"] = option(
+        "mask", "Rollout/trainer mismatch correction; Table 12's 'clip' mode is read as IcePop masking outside [low, high].")
+    low: float = option(0.5, "mask: tokens whose trainer/rollout ratio is below this leave the loss (Table 12: 0.5).")
+    high: float = option(5.0, "mask: tokens above this leave the loss; truncate: ratios are capped here (Table 12: 5.0).")
+    veto: float = option(1e-4, "A response with any token ratio below this is dropped whole (Table 12: 1e-4); 0 turns it off.")
+
+    def validate(self) -> None:
+        if not 0 <= self.low < 1 < self.high:
+            raise invalid("low/high", f"need 0 <= low < 1 < high, got low={self.low} high={self.high}", "use 0.5 and 5.0")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig, metadata={"doc": "Advantage estimator."})
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig, metadata={"doc": "Policy loss."})
+    icepop: IcePopConfig = field(default_factory=IcePopConfig, metadata={"doc": "IcePop correction."})
+    ppo_epochs: int = option(1, "Passes over each step's rollouts (Table 12: 1, strictly on-policy).")
+    dynamic_sampling: bool = option(False, "Drop groups whose rewards all agree and refill the batch with new prompts (DAPO).")
+    max_refill_rounds: int = option(3, "Dynamic sampling: most extra generation rounds per step before training on what there is.")
+
+    def validate(self) -> None:
+        if self.ppo_epochs < 1:
+            raise invalid("ppo_epochs", f"must be at least 1, got {self.ppo_epochs}", "use 1")
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = option(0, "Training steps; 0 derives total_epochs * (dataset size / data.prompts_per_step).")
+    total_epochs: int = option(1, "Passes over the dataset when total_steps is 0 (Table 12: 10).")
+    output_dir: str = option("runs/golong", "Run folder: resolved config, metrics.jsonl, checkpoints, plots, hf/.")
+    save_every: int = option(0, "Save a checkpoint every this many steps (0: only at the end).")
+    keep_last: int = option(2, "Checkpoints kept; older ones are deleted after a new one is complete.")
+    resume: bool = option(True, "Resume from the latest complete checkpoint in output_dir when there is one.")
+    export_hf: bool = option(True, "Write an HF-format model (safetensors, config, tokenizer) to output_dir/hf at the end.")
+    seed: int = option(1, "Seed of model init, dropout and sampling.")
+    lr: float = option(2e-6, "AdamW learning rate (Table 12: 2e-6).")
+    weight_decay: float = option(0.1, "AdamW weight decay (Table 12: 0.1).")
+    adam_betas: list[float] = option([0.9, 0.999], "AdamW betas.")
+    warmup_steps: int = option(5, "Linear warm-up steps, then constant (Table 12: 5).")
+    grad_clip: float = option(1.0, "Gradient-norm clipping (Table 12: 1.0).")
+    zero_stage: Literal[0, 1, 2, 3] = option(3, "DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = option(False, "ZeRO: keep optimizer state in CPU memory.")
+    offload_params: bool = option(False, "ZeRO-3: keep parameters in CPU memory.")
+    deepspeed: dict[str, Any] = option({}, "Raw DeepSpeed config merged over golong's (for experts).")
+    micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens).")
+    logprob_chunk_size: int = option(4096, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole.")
+
+    def validate(self) -> None:
+        for name in ("total_steps", "save_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise invalid(name, f"must be >= 0, got {getattr(self, name)}", "use 0 or a positive number")
+        if self.total_epochs < 1:
+            raise invalid("total_epochs", f"must be at least 1, got {self.total_epochs}", "use 1 or more")
+        if self.keep_last < 1:
+            raise invalid("keep_last", f"must be at least 1, got {self.keep_last}", "keep at least the latest checkpoint")
+        if self.lr <= 0:
+            raise invalid("lr", f"must be positive, got {self.lr}", "e.g. 2e-6")
+        if len(self.adam_betas) != 2:
+            raise invalid("adam_betas", f"needs two values, got {self.adam_betas}", "e.g. [0.9, 0.999]")
+        if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
+            raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 4096")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = option(False, "Log to Weights & Biases as well as metrics.jsonl.")
+    wandb_project: str = option("golong", "wandb project name.")
+    wandb_mode: Literal["online", "offline"] = option("offline", "wandb mode; offline needs no network (sync later with `wandb sync`).")
+    run_name: str = option("", "Run name for wandb; empty uses the output folder's name.")
+    plot: bool = option(True, "Draw reward-per-task curves to PNG in the run folder at the end.")
