@@ -41,10 +41,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _prepare_demo(args: argparse.Namespace) -> int:
     from golong.data.synthetic import demo_corpus, make_demo_dataset
-    from golong.tiny_model import build_tiny_model
+    from golong.tiny_model import TinyModelSpec, build_tiny_model
 
     make_demo_dataset(f"{args.out_dir}/train.jsonl", n=args.rows, seed=0)
-    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus())
+    # ~400 tokens, nearly all whole demo words: a random policy already says colours and animals.
+    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus(), spec=TinyModelSpec(vocab_size=400, byte_level=False))
     print(f"demo assets in {args.out_dir}: train.jsonl ({args.rows} rows), model/")
     return 0
 

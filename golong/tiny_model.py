@@ -12,7 +12,10 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Reasoning markers are added tokens but not special ones, as in Qwen3: decoding with
+# skip_special_tokens keeps them, so the rewards can see where the reasoning ends.
+THINK_TOKENS = ["<think>", "</think>"]
 
 # A Qwen-style chat template; `enable_thinking=False` closes an empty reasoning block in the prompt.
 CHAT_TEMPLATE = (
@@ -39,6 +42,7 @@ class TinyModelSpec:
     """Shape of the tiny model; the defaults give ~1M parameters that train in seconds on CPU."""
 
     vocab_size: int = 1024  # BPE target size (the model's embedding is padded to a multiple of 64)
+    byte_level: bool = True  # False: characters of the corpus only (unknown ones -> <unk>), for tiny vocabularies
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -50,26 +54,40 @@ class TinyModelSpec:
     seed: int = 0
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """A byte-level BPE `PreTrainedTokenizerFast` with Qwen's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, byte_level: bool = True):
+    """A BPE `PreTrainedTokenizerFast` with Qwen's special tokens and chat template.
+
+    byte_level=True encodes any text (256 byte tokens, then merges). byte_level=False starts from the
+    corpus's characters only (SentencePiece-style spaces): a vocabulary of a few hundred tokens that
+    are mostly whole words, so that a random-init policy already emits words of the corpus (the
+    CPU demo relies on it); characters outside the corpus become <unk>.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    if byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet, specials = pre_tokenizers.ByteLevel.alphabet(), SPECIAL_TOKENS
+    else:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet, specials = [], SPECIAL_TOKENS + ["<unk>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=specials,
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+        additional_special_tokens=["<|im_start|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -85,7 +103,7 @@ def build_tiny_model(out_dir: str, corpus: Iterable[str] | None = None, spec: Ti
     if os.path.exists(marker):
         return out_dir
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = train_tokenizer(corpus if corpus is not None else _DEFAULT_CORPUS, spec.vocab_size)
+    tokenizer = train_tokenizer(corpus if corpus is not None else _DEFAULT_CORPUS, spec.vocab_size, spec.byte_level)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen3Config(

@@ -1,0 +1,379 @@
+"""The GoLongRL training loop. One step is the algorithm of paper section 4, top to bottom:
+
+    1. prompts      a uniform batch of dataset rows (Eq. 4)                      golong/data
+    2. rollouts     G responses per prompt from the current policy (vLLM)        golong/rollout
+    3. rewards      one verifiable score per response                            golong/rewards
+    4. advantages   over the whole batch: GRPO | Dr.GRPO | TMN-Reweight | yours   golong/advantage
+    5. pack         this rank's share of responses into token-budget micro-batches
+    6. old log-probs under the policy that sampled (and IcePop's view of the mismatch)
+    7. update       ppo_epochs x (forward/backward per micro-batch, optimizer step)
+    8. sync         the new weights into the vLLM engine
+
+Every rank runs the same loop (torchrun); each rank's vLLM engine generates for its share of the
+prompts, then every rank sees every response (`gather_rollouts`), so advantages use whole-batch task
+statistics and micro-batches are balanced over all ranks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import yaml
+
+from golong import advantage as advantage_lib
+from golong.config import Config
+from golong.configlib import to_dict
+from golong.data.loader import load_examples
+from golong.data.prompts import PromptIds, encode_prompts, filter_long_prompts
+from golong.data.sampler import PromptSampler
+from golong.data.schema import Example
+from golong.rewards import RewardScorer, ScoreItem
+from golong.rollout import RolloutEngine, logprob_abs_diff
+from golong.trainer.batch import TrainSample, pack
+from golong.trainer.checkpoint import Checkpointer, RunState
+from golong.trainer.distributed import World, all_gather_objects, init_world
+from golong.trainer.engine import PolicyEngine
+from golong.trainer.export import export_hf
+from golong.trainer.loss import LossDenominator, PolicyLossStats, all_reduce_sum, resolve_agg_mode
+from golong.trainer.metrics import MetricsLogger, PhaseTimer
+from golong.trainer.packing import plan_micro_batches
+
+logger = logging.getLogger("golong")
+
+
+@dataclass
+class PromptSet:
+    """The training prompts, loaded, templated and length-filtered once before the first step."""
+
+    examples: list[Example]
+    prompts: PromptIds  # prompts[i] are the token ids of examples[i]
+    tasks: list[str]  # the task names present, sorted; a response's task id indexes this list
+    num_dropped_long: int  # longer than data.max_prompt_length
+    num_bad_rows: int  # skipped by data.on_bad_row=skip
+
+
+@dataclass
+class Rollouts:
+    """One step's scored responses from every rank, in one global order (N responses)."""
+
+    example_index: list[int]  # (N,) dataset row of each response's prompt
+    group_index: torch.Tensor  # (N,) int64: which prompt of the step (a group shares one prompt)
+    task_index: torch.Tensor  # (N,) int64: index into PromptSet.tasks
+    response_ids: list[np.ndarray]  # (N,) each (L_i,) int32: the sampled tokens, EOS included
+    rollout_logprobs: list[np.ndarray]  # (N,) each (L_i,) float32: vLLM's processed log-probs
+    truncated: np.ndarray  # (N,) bool: hit max_response_length without EOS
+    rewards: torch.Tensor  # (N,) float64, as scored
+    reward_timeouts: int
+    reward_errors: int
+
+    def __len__(self) -> int:
+        return len(self.example_index)
+
+    def select(self, rows: list[int]) -> Rollouts:
+        idx = torch.tensor(rows, dtype=torch.long)
+        return Rollouts([self.example_index[i] for i in rows], self.group_index[idx], self.task_index[idx],
+                        [self.response_ids[i] for i in rows], [self.rollout_logprobs[i] for i in rows],
+                        self.truncated[rows], self.rewards[idx], self.reward_timeouts, self.reward_errors)
+
+
+@dataclass
+class Run:
+    """Everything a step touches: the config, the components, and the loop's own state."""
+
+    cfg: Config
+    world: World
+    tokenizer: object
+    data: PromptSet
+    sampler: PromptSampler
+    policy: PolicyEngine
+    rollout: RolloutEngine
+    scorer: RewardScorer
+    estimator: advantage_lib.AdvantageEstimator
+    agg_mode: str  # resolved loss aggregation (Eq. 3 / Eq. 4)
+    next_group: int = 0  # group ids stay unique across dynamic-sampling rounds
+
+
+# ------------------------------------------------------------------------------------------------
+# One training step
+
+
+def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
+    cfg, world, policy = run.cfg, run.world, run.policy
+
+    # 1-3. prompts -> G responses each -> rewards (refilled when dynamic sampling drops groups)
+    rollouts = collect_rollouts(run, timer)
+    run.rollout.sleep()  # CUDA: free the engine's memory for training (a no-op on CPU)
+
+    # 4. advantages over the whole batch (every rank computes the same)
+    with timer.phase("advantage"):
+        advantages = run.estimator(rollouts.rewards, rollouts.group_index, rollouts.task_index)
+
+    # 5. this rank's share, packed into micro-batches of at most micro_batch_max_tokens
+    samples = to_train_samples(run, rollouts, advantages)
+    plan = plan_micro_batches([s.num_tokens for s in samples], cfg.trainer.micro_batch_max_tokens, world.size)
+    my_samples = [samples[i] for mb in plan[world.rank] for i in mb]
+    micro_batches = [pack([samples[i] for i in mb]) for mb in plan[world.rank]]
+
+    # 6. old log-probs: the trainer's view of the policy that sampled (and the reference's, for KL)
+    with timer.phase("old_logprobs"):
+        for mb in micro_batches:
+            mb.old_logprobs = policy.old_logprobs(mb)
+            if cfg.algorithm.loss.kl_coef:
+                mb.ref_logprobs = policy.ref_logprobs(mb)
+
+    # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
+    denom = LossDenominator.build(my_samples, run.agg_mode,
+                                  cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
+    with timer.phase("update"):
+        for _ in range(cfg.algorithm.ppo_epochs):
+            loss_stats = PolicyLossStats()
+            for mb in micro_batches:
+                loss_stats = loss_stats + policy.forward_backward(mb, denom)
+            step_stats = policy.optimizer_step()
+
+    # 8. weight sync into vLLM (on CUDA: weights woken first, the KV cache only after the sync)
+    with timer.phase("sync"):
+        run.rollout.wake_up_weights()
+        sync = run.rollout.sync_weights(policy.module)
+        run.rollout.wake_up_kv_cache()
+
+    return {
+        **reward_metrics(run, rollouts),
+        **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
+        **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
+        **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
+        "rollout/logprob_abs_diff": step_logprob_abs_diff(micro_batches),
+        "sync/seconds": sync.seconds,
+        "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
+    }
+
+
+def collect_rollouts(run: Run, timer: PhaseTimer) -> Rollouts:
+    """A batch of scored groups. With dynamic sampling (DAPO), groups whose rewards all agree carry
+    no learning signal: they are dropped and the batch is refilled with new prompts, for at most
+    max_refill_rounds extra rounds, then trimmed to data.prompts_per_step groups."""
+    cfg = run.cfg
+    rollouts = generate_and_score(run, run.sampler.next_batch(), timer)
+    if not cfg.algorithm.dynamic_sampling:
+        return rollouts
+    kept = informative_groups(rollouts)
+    for _ in range(cfg.algorithm.max_refill_rounds):
+        if len(set(kept.group_index.tolist())) >= cfg.data.prompts_per_step:
+            break
+        more = informative_groups(generate_and_score(run, run.sampler.next_batch(), timer))
+        kept = concat_rollouts(kept, more)
+    groups = sorted(set(kept.group_index.tolist()))[: cfg.data.prompts_per_step]
+    chosen = set(groups)
+    return kept.select([i for i, g in enumerate(kept.group_index.tolist()) if g in chosen])
+
+
+def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts:
+    """Generate G responses for this rank's share of `rows`, score them, and gather every rank's."""
+    rollout, data = run.rollout, run.data
+    mine = list(range(rollout.dp_rank, len(rows), rollout.dp_size))  # positions in `rows`
+    with timer.phase("rollout"):
+        batch = rollout.generate([data.prompts[rows[p]] for p in mine])
+    with timer.phase("reward"):
+        texts = run.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        items = [ScoreItem(data.examples[rows[mine[k]]].reward_type, text, data.examples[rows[mine[k]]].ground_truth)
+                 for k, text in zip(batch.prompt_index, texts)]
+        scored = run.scorer.score(items)
+    # Ranks of one tensor-parallel group hold the same responses: only the group's first rank sends them.
+    leader = run.world.rank % run.cfg.rollout.tensor_parallel_size == 0
+    local = {
+        "position": [mine[k] for k in batch.prompt_index] if leader else [],
+        "response_ids": [np.asarray(r, dtype=np.int32) for r in batch.response_ids] if leader else [],
+        "logprobs": [np.asarray(lp, dtype=np.float32) for lp in batch.logprobs] if leader else [],
+        "truncated": list(batch.truncated) if leader else [],
+        "rewards": list(scored.scores) if leader else [],
+        "timeouts": sum(scored.timeouts.values()) if leader else 0,
+        "errors": sum(scored.errors.values()) if leader else 0,
+    }
+    parts = all_gather_objects(local, run.world)
+    position = [p for part in parts for p in part["position"]]
+    task_of = {t: i for i, t in enumerate(data.tasks)}
+    group_index = torch.tensor([run.next_group + p for p in position], dtype=torch.long)
+    run.next_group += len(rows)
+    return Rollouts(
+        example_index=[rows[p] for p in position],
+        group_index=group_index,
+        task_index=torch.tensor([task_of[data.examples[rows[p]].task] for p in position], dtype=torch.long),
+        response_ids=[r for part in parts for r in part["response_ids"]],
+        rollout_logprobs=[lp for part in parts for lp in part["logprobs"]],
+        truncated=np.array([t for part in parts for t in part["truncated"]], dtype=bool),
+        rewards=torch.tensor([r for part in parts for r in part["rewards"]], dtype=torch.float64),
+        reward_timeouts=sum(part["timeouts"] for part in parts),
+        reward_errors=sum(part["errors"] for part in parts),
+    )
+
+
+def informative_groups(rollouts: Rollouts) -> Rollouts:
+    """The responses of groups whose rewards are not all equal (dynamic sampling's filter)."""
+    groups = rollouts.group_index
+    spread = torch.zeros(int(groups.max()) + 1 if len(groups) else 0)
+    low = spread.clone().fill_(math.inf).scatter_reduce(0, groups, rollouts.rewards, "amin")
+    high = spread.clone().fill_(-math.inf).scatter_reduce(0, groups, rollouts.rewards, "amax")
+    keep = (high > low)[groups]
+    return rollouts.select(torch.nonzero(keep).flatten().tolist())
+
+
+def concat_rollouts(a: Rollouts, b: Rollouts) -> Rollouts:
+    return Rollouts(a.example_index + b.example_index, torch.cat([a.group_index, b.group_index]),
+                    torch.cat([a.task_index, b.task_index]), a.response_ids + b.response_ids,
+                    a.rollout_logprobs + b.rollout_logprobs, np.concatenate([a.truncated, b.truncated]),
+                    torch.cat([a.rewards, b.rewards]), a.reward_timeouts + b.reward_timeouts,
+                    a.reward_errors + b.reward_errors)
+
+
+def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
+    """One TrainSample per response: exactly the sampled token ids (never decoded and re-encoded)."""
+    overlong_mask = run.cfg.rollout.overlong_mask
+    return [
+        TrainSample(
+            prompt_ids=run.data.prompts[row],
+            response_ids=rollouts.response_ids[i].tolist(),
+            advantage=float(advantages[i]),
+            rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
+            loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
+        )
+        for i, row in enumerate(rollouts.example_index)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Step metrics
+
+
+def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
+    """Reward mean and pass rate, overall and per task; response lengths; scorer incidents."""
+    rewards, tasks = rollouts.rewards.double(), rollouts.task_index
+    passed = (rewards >= run.cfg.reward.pass_threshold).double()
+    lengths = np.array([len(r) for r in rollouts.response_ids], dtype=np.float64)
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        "reward/pass_rate": passed.mean().item(),
+        "reward/timeouts": float(rollouts.reward_timeouts),
+        "reward/errors": float(rollouts.reward_errors),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "response_length/min": float(lengths.min()),
+        "response_length/truncated_ratio": float(rollouts.truncated.mean()),
+        "batch/prompts": float(len(set(rollouts.group_index.tolist()))),
+        "batch/responses": float(len(rollouts)),
+    }
+    for t, name in enumerate(run.data.tasks):
+        of_task = tasks == t
+        if of_task.any():
+            metrics[f"reward/{name}/mean"] = rewards[of_task].mean().item()
+            metrics[f"reward/{name}/pass_rate"] = passed[of_task].mean().item()
+    return metrics
+
+
+def step_logprob_abs_diff(micro_batches) -> float:
+    """rollout/logprob_abs_diff over every rank's response tokens of the step."""
+    real = [mb for mb in micro_batches if mb.num_real_tokens]
+    count = sum(mb.labels.numel() for mb in real)
+    local = logprob_abs_diff(torch.cat([mb.old_logprobs.cpu() for mb in real]),
+                             torch.cat([mb.rollout_logprobs for mb in real])) if real else 0.0
+    total, count = all_reduce_sum([local * count, count])
+    return total / max(count, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup and the outer loop
+
+
+def load_prompt_set(cfg: Config, tokenizer, world: World) -> PromptSet:
+    """Load and check every row, template and tokenize the prompts, drop the overlong ones."""
+    loaded = load_examples(cfg.data.train_files, cfg.data)
+    prompts = encode_prompts(loaded.examples, tokenizer, cfg.data)
+    kept = filter_long_prompts(loaded.examples, prompts, cfg.data.max_prompt_length)
+    if world.is_main:
+        logger.info("data: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
+                    len(kept.examples), loaded.task_counts(), kept.num_dropped, cfg.data.max_prompt_length,
+                    loaded.num_bad_rows_skipped)
+    if not kept.examples:
+        raise ValueError(f"no training prompts left: all {len(loaded.examples)} are longer than "
+                         f"data.max_prompt_length={cfg.data.max_prompt_length}; raise it or shorten the data")
+    return PromptSet(kept.examples, kept.prompts, sorted({e.task for e in kept.examples}), kept.num_dropped,
+                     loaded.num_bad_rows_skipped)
+
+
+def train(cfg: Config) -> None:
+    """`golong train`: run (or resume) the whole training described by `cfg`."""
+    from transformers import AutoTokenizer
+
+    logging.basicConfig(level=logging.INFO, format="[golong] %(message)s")
+    world = init_world()
+    torch.manual_seed(cfg.trainer.seed)
+    out_dir = cfg.trainer.output_dir
+    if world.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    data = load_prompt_set(cfg, tokenizer, world)
+    sampler = PromptSampler(len(data.examples), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
+    total_steps = cfg.trainer.total_steps or cfg.trainer.total_epochs * sampler.steps_per_epoch
+    estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
+    policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop, cfg.rollout.temperature)
+    rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len)
+    run = Run(cfg, world, tokenizer, data, sampler, policy, rollout, RewardScorer(cfg.reward), estimator,
+              resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg))
+
+    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last)
+    start = 0
+    latest = checkpointer.latest() if cfg.trainer.resume else None
+    if latest:
+        state = checkpointer.load(latest, policy.ds_engine)
+        sampler.load_state_dict(state.sampler)
+        run.next_group = state.extra.get("next_group", 0)
+        start = state.step
+        logger.info("resuming from %s: step %d of %d", latest, start, total_steps)
+        rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
+
+    metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total_steps, start_step=start)
+    for step in range(start + 1, total_steps + 1):
+        timer = PhaseTimer()
+        with timer.phase("step"):
+            step_metrics = train_step(run, timer)
+        metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
+                           "data/dropped_long_prompts": float(data.num_dropped_long)})
+        if step == total_steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+            checkpointer.save(policy.ds_engine, RunState(step, sampler.state_dict(), {"next_group": run.next_group}))
+
+    if cfg.trainer.export_hf:
+        export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"))
+    metrics.close()
+    if world.is_main and cfg.logging.plot:
+        from golong.plot import plot_run
+
+        logger.info("reward curves: %s", plot_run(out_dir))
+    for component in (policy, rollout, run.scorer):  # the engine first: vLLM tears down the process group
+        component.close()
+
+
+def export_checkpoint(run_dir: str, out: str | None = None) -> str:
+    """`golong export`: an HF model folder from a run's latest checkpoint (consolidated with
+    DeepSpeed's zero_to_fp32, so no engine or accelerator is needed)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from golong.config import load_config
+
+    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    latest = Checkpointer(os.path.join(run_dir), cfg.trainer.keep_last).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
+    root, tag = os.path.split(latest)
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    model.load_state_dict(state_dict, strict=False)
+    out = out or os.path.join(run_dir, "hf")
+    export_hf(model, AutoTokenizer.from_pretrained(cfg.model.path), out)
+    return out
