@@ -90,7 +90,7 @@ class TrainerConfig:
     offload_params: bool = option(False, "ZeRO-3: keep parameters in CPU memory.")
     deepspeed: dict[str, Any] = option({}, "Raw DeepSpeed config merged over golong's (for experts).")
     micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens).")
-    logprob_chunk_size: int = option(4096, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole.")
+    logprob_chunk_size: int = option(1024, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole (1024 x 151,936 fp32 = 0.58 GiB).")
 
     def validate(self) -> None:
         for name in ("total_steps", "save_every", "warmup_steps"):
@@ -104,8 +104,10 @@ class TrainerConfig:
             raise invalid("lr", f"must be positive, got {self.lr}", "e.g. 2e-6")
         if len(self.adam_betas) != 2:
             raise invalid("adam_betas", f"needs two values, got {self.adam_betas}", "e.g. [0.9, 0.999]")
+        if self.offload_params and self.zero_stage != 3:
+            raise invalid("offload_params", f"needs zero_stage 3, got {self.zero_stage}", "set zero_stage: 3 or offload_params: false")
         if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
-            raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 4096")
+            raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 1024")
 
 
 @dataclass
@@ -114,4 +116,12 @@ class LoggingConfig:
     wandb_project: str = option("golong", "wandb project name.")
     wandb_mode: Literal["online", "offline"] = option("offline", "wandb mode; offline needs no network (sync later with `wandb sync`).")
     run_name: str = option("", "Run name for wandb; empty uses the output folder's name.")
+    progress_bar: bool = option(True, "Show a tqdm progress bar over steps on rank 0.")
+    progress_keys: list[str] = option(["reward/mean", "response_length/mean", "time/step"],
+                                      "Metrics shown beside the progress bar (those present in a step's metrics).")
     plot: bool = option(True, "Draw reward-per-task curves to PNG in the run folder at the end.")
+    plot_smoothing: float = option(0.6, "Plot: exponential-moving-average weight of the drawn curves (0 draws the raw values).")
+
+    def validate(self) -> None:
+        if not 0 <= self.plot_smoothing < 1:
+            raise invalid("plot_smoothing", f"must be in [0, 1), got {self.plot_smoothing}", "use 0.6, or 0 for raw values")

@@ -1,0 +1,220 @@
+"""Training checkpoints: the DeepSpeed engine plus the loop's run state, written atomically.
+
+Layout under `<output_dir>/checkpoints/`:
+
+    step_000010/                        one complete checkpoint (the state after step 10)
+      zero_pp_rank_R_mp_rank_00_*.pt    DeepSpeed: each rank's ZeRO shard of weights, optimizer and scheduler
+      rng_rank_00000.json ...           each rank's RNG states (python, numpy, torch CPU and CUDA)
+      run_state.json                    step, sampler position, loop extras; written last: the completion marker
+    latest                              names the newest complete checkpoint, in DeepSpeed's own format,
+                                        so DeepSpeed's tools (zero_to_fp32.py, load_checkpoint(tag=None)) work here
+    zero_to_fp32.py                     DeepSpeed's recovery script (DeepSpeed copies it beside its checkpoints)
+
+A checkpoint is written as `.tmp-step_000010/` and renamed only after every rank has written its files and
+rank 0 has written run_state.json; `latest` is replaced after the rename, and older checkpoints are deleted
+after that. A process killed at any moment therefore leaves the previous complete checkpoints intact, plus at
+worst a `.tmp-*` folder that `latest()` ignores and removes. Every rank must see the same `output_dir` (a
+shared filesystem across nodes), as DeepSpeed itself assumes.
+
+Our own files are JSON (nothing to unpickle); DeepSpeed's shards are torch pickles that DeepSpeed loads itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+RUN_STATE_FILE = "run_state.json"  # written last inside a checkpoint: its presence marks the folder complete
+LATEST_FILE = "latest"
+TMP_PREFIX = ".tmp-"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class RunState:
+    """What the training loop needs, besides the engine, to continue exactly where it stopped.
+
+    The loop's state is the same on every rank (rank 0's copy is saved). Each rank's RNG states are not
+    in here: the Checkpointer captures them in `save` and restores them in `load`, per rank.
+    """
+
+    step: int  # optimizer steps completed; the next step to run is step + 1
+    sampler: dict[str, Any] = field(default_factory=dict)  # the prompt sampler's state_dict() (JSON-able)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else the loop carries across steps (JSON-able)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python, numpy and torch (CPU, and CUDA when present) RNG states, as JSON-able data."""
+    version, mt_state, gauss_next = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": [version, list(mt_state), gauss_next],
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`: afterwards every generator draws what it drew at capture time."""
+    version, mt_state, gauss_next = state["python"]
+    random.setstate((version, tuple(mt_state), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
+                                                "pos": np_state["state"]["pos"]}})
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old content or the new one, never a mix."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Saves and finds checkpoints in `<output_dir>/checkpoints`, keeping the newest `keep_last` complete ones.
+
+    `save` and `load` are collective: every rank calls them (DeepSpeed's save and load are).
+    """
+
+    def __init__(self, output_dir: str, keep_last: int):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self.root = os.path.join(output_dir, "checkpoints")
+        self.keep_last = keep_last
+
+    @staticmethod
+    def dir_name(step: int) -> str:
+        return f"step_{step:06d}"
+
+    def _complete_steps(self) -> dict[int, str]:
+        """step -> folder of every complete checkpoint (a step_* folder with its run_state.json)."""
+        found = {}
+        for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
+            match = _STEP_DIR.match(name)
+            if match and os.path.isfile(os.path.join(self.root, name, RUN_STATE_FILE)):
+                found[int(match.group(1))] = os.path.join(self.root, name)
+        return found
+
+    def latest(self) -> str | None:
+        """The newest complete checkpoint folder, or None when there is none.
+
+        Found by listing the folders, not by trusting the `latest` pointer (which may name a deleted folder).
+        On rank 0 this also removes what a killed save left behind (`.tmp-*` folders, step folders without
+        run_state.json) and repoints `latest`; call it where no save is in flight (at start-up).
+        """
+        complete = self._complete_steps()
+        newest = complete[max(complete)] if complete else None
+        rank, _ = _rank_and_world()
+        if rank == 0 and os.path.isdir(self.root):
+            for name in os.listdir(self.root):
+                path = os.path.join(self.root, name)
+                half_written = name.startswith(TMP_PREFIX) or (_STEP_DIR.match(name) and path not in complete.values())
+                if half_written and os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+            pointer = os.path.join(self.root, LATEST_FILE)
+            if newest is None:
+                if os.path.exists(pointer):
+                    os.remove(pointer)
+            elif _read_text(pointer) != os.path.basename(newest):
+                _write_atomic(pointer, os.path.basename(newest))
+        return newest
+
+    def save(self, engine, state: RunState) -> str:
+        """Write a complete checkpoint of `engine` (a DeepSpeedEngine) and `state`; return its folder.
+
+        Called by every rank: each writes its ZeRO shard and its RNG states; rank 0 then writes
+        run_state.json, renames the folder into place, updates `latest` and deletes checkpoints beyond
+        the newest `keep_last`.
+        """
+        rank, world = _rank_and_world()
+        name = self.dir_name(state.step)
+        tmp_name = TMP_PREFIX + name
+        tmp_dir, final_dir = os.path.join(self.root, tmp_name), os.path.join(self.root, name)
+        if rank == 0:
+            os.makedirs(self.root, exist_ok=True)
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a save killed at this very step
+        _barrier()
+
+        engine.save_checkpoint(self.root, tag=tmp_name, save_latest=False)  # collective; ends with a barrier
+        _write_atomic(os.path.join(tmp_dir, f"rng_rank_{rank:05d}.json"), json.dumps(capture_rng_state()))
+        _barrier()  # every rank's files are on disk
+
+        if rank == 0:
+            _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
+                          json.dumps({**asdict(state), "world_size": world}, indent=1))
+            if os.path.isdir(final_dir):  # a run restarted without resuming re-saves a step it saved before
+                shutil.rmtree(final_dir)
+            os.rename(tmp_dir, final_dir)
+            _fsync_dir(self.root)
+            _write_atomic(os.path.join(self.root, LATEST_FILE), name)  # last: it only ever names a complete folder
+            self._delete_old()
+        _barrier()
+        return final_dir
+
+    def _delete_old(self) -> None:
+        complete = self._complete_steps()
+        for step in sorted(complete)[: -self.keep_last]:
+            shutil.rmtree(complete[step])
+
+    def load(self, path: str, engine) -> RunState:
+        """Load checkpoint folder `path` into `engine` (weights, optimizer, lr scheduler), restore this
+        rank's RNG states, and return the loop's RunState. Called by every rank, on a freshly built engine
+        (DeepSpeed ZeRO-3 cannot load into an engine that has already trained)."""
+        rank, world = _rank_and_world()
+        with open(os.path.join(path, RUN_STATE_FILE), encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved["world_size"] != world:
+            raise RuntimeError(
+                f"checkpoint {path} was written by {saved['world_size']} ranks but this run has {world}: ZeRO shards "
+                f"are per rank. Resume with {saved['world_size']} ranks, or convert it with DeepSpeed's "
+                f"universal-checkpoint tools, or start a new output_dir.")
+        root, tag = os.path.split(os.path.normpath(path))
+        loaded, _ = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+        with open(os.path.join(path, f"rng_rank_{rank:05d}.json"), encoding="utf-8") as f:
+            restore_rng_state(json.load(f))
+        return RunState(step=saved["step"], sampler=saved["sampler"], extra=saved["extra"])
