@@ -1,0 +1,141 @@
+"""`golong data validate|stats|decontaminate|calibrate`: the dataset tools (paper section 3.4).
+
+    golong data validate FILE [FILE ...]
+    golong data stats FILE [FILE ...] [--model PATH] [--png PATH]
+    golong data decontaminate --train FILE --bench FILE [FILE ...] --out FILE [--n 13] [--field question]
+    golong data calibrate --train FILE --model PATH [--model2 PATH] [--g 8] --out FILE
+
+Each works on native rows and on released GoLongRL records alike. Also runnable as
+`python -m golong.data.cli ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from golong.data.config import DataConfig
+from golong.data.schema import DataError
+
+MAX_ERRORS_SHOWN = 50
+
+
+def _reported(command):
+    """Run a command; a bad dataset or argument is one `error:` line and exit status 1, not a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from golong.data.loader import load_examples
+
+    data = load_examples(args.files, DataConfig(format=args.format, on_bad_row="skip"))
+    for e in data.bad_rows[:MAX_ERRORS_SHOWN]:
+        print(f"error: {e}", file=sys.stderr)
+    if len(data.bad_rows) > MAX_ERRORS_SHOWN:
+        print(f"... and {len(data.bad_rows) - MAX_ERRORS_SHOWN} more bad rows", file=sys.stderr)
+    formats = ", ".join(f"{path} ({fmt})" for path, fmt in data.formats.items())
+    tasks = ", ".join(f"{t} {n}" for t, n in data.task_counts().items())
+    print(f"{formats}: {len(data.examples)} valid rows, {data.num_bad_rows_skipped} bad rows; tasks: {tasks}")
+    return 1 if data.bad_rows else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from golong.data.loader import load_examples
+    from golong.data.stats import compute_stats, format_stats, plot_stats, prompt_lengths
+
+    examples = load_examples(args.files, DataConfig(format=args.format)).examples
+    tokenizer = None
+    if args.model:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    stats = compute_stats(examples, prompt_lengths(examples, tokenizer), "tokens" if tokenizer else "approx. tokens")
+    print(format_stats(stats))
+    png = args.png or os.path.splitext(args.files[0])[0] + "_stats.png"
+    plot_stats(stats, png)
+    print(f"plot written to {png}")
+    return 0
+
+
+def cmd_decontaminate(args: argparse.Namespace) -> int:
+    from golong.data.decontaminate import decontaminate, summary_lines
+
+    result = decontaminate(args.train, args.bench, args.out, n=args.n, field=args.field)
+    print("\n".join(summary_lines(result, args.n)))
+    print(f"kept rows written to {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from golong.data.calibrate import run_calibration
+    from golong.eval import configs_from_args
+
+    rollout_cfg, reward_cfg, data_cfg = configs_from_args(args)
+    run = run_calibration(args.train, args.out, args.model, args.model2, rollout_cfg, reward_cfg, data_cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run.summary.ratio_line())
+        print(f"{run.rows_written} rows written to {args.out} (discarded rows left out); "
+              f"{run.rows_skipped_too_long} rows skipped (prompt too long)")
+    return 0
+
+
+def _add_commands(commands) -> None:
+    from golong.eval import add_sampling_args
+
+    formats = ("auto", "native", "released")
+
+    p = commands.add_parser("validate", help="check every row's schema; non-zero exit on errors")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=formats, default="auto", help="row format (default: told per file)")
+    p.set_defaults(func=_reported(cmd_validate))
+
+    p = commands.add_parser("stats", help="rows per task and reward type, prompt lengths, a task x length plot")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--model", help="count tokens with this model's tokenizer (default: approximate word counts)")
+    p.add_argument("--png", help="plot path (default: FILE without extension + _stats.png)")
+    p.add_argument("--format", choices=formats, default="auto", help="row format (default: told per file)")
+    p.set_defaults(func=_reported(cmd_stats))
+
+    p = commands.add_parser("decontaminate", help="drop training rows sharing an n-gram with a benchmark question")
+    p.add_argument("--train", required=True, help="training file (.jsonl or .parquet)")
+    p.add_argument("--bench", required=True, nargs="+", help="benchmark files with a question field")
+    p.add_argument("--out", required=True, help="where the kept rows go (same file type as --train)")
+    p.add_argument("--n", type=int, default=13, help="n-gram length in tokens (default 13, paper section 3.4)")
+    p.add_argument("--field", default="question",
+                   help="field holding the question, dotted for nested ones (default question; released "
+                        "records fall back to extra_info.question)")
+    p.set_defaults(func=_reported(cmd_decontaminate))
+
+    p = commands.add_parser("calibrate", help="label rows easy/medium/hard by pass rate (paper section 3.4)")
+    p.add_argument("--train", required=True, help="training file (.jsonl or .parquet)")
+    p.add_argument("--model", required=True, help="stage-1 model (the paper: the 4B policy)")
+    p.add_argument("--model2", help="stage-2 model for unsolved rows (the paper: the 30B-A3B model)")
+    p.add_argument("--out", required=True, help="labelled rows (.jsonl or .parquet)")
+    add_sampling_args(p, g=8, temperature=1.0, top_p=1.0)  # training-time sampling (section 5.1), G = 8
+    p.set_defaults(func=_reported(cmd_calibrate))
+
+
+def add_data_commands(subparsers) -> argparse.ArgumentParser:
+    """Register `golong data validate|stats|decontaminate|calibrate` on an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="dataset tools: validate, stats, decontaminate, calibrate",
+                                 description=__doc__.split("\n\n")[0])
+    _add_commands(data.add_subparsers(dest="data_command", required=True))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m golong.data.cli validate FILE ...`: the same commands without the `golong data` prefix."""
+    parser = argparse.ArgumentParser(prog="golong data", description=__doc__.split("\n\n")[0])
+    _add_commands(parser.add_subparsers(dest="data_command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
