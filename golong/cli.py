@@ -26,9 +26,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"# {args.recipe}: valid ({len(args.overrides)} override(s))", file=sys.stderr)
         return 0
     assert isinstance(cfg, Config)
+    from golong.data.schema import DataError
     from golong.trainer.loop import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, DataError) as e:  # a user's mistake, found before the first step
+        print(f"golong: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -40,12 +45,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
-    from golong.data.synthetic import demo_corpus, make_demo_dataset
+    from golong.data.synthetic import ANIMALS, COLOURS, LETTERS, demo_corpus, make_demo_dataset
     from golong.tiny_model import TinyModelSpec, build_tiny_model
 
     make_demo_dataset(f"{args.out_dir}/train.jsonl", n=args.rows, seed=0)
-    # ~400 tokens, nearly all whole demo words: a random policy already says colours and animals.
-    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus(), spec=TinyModelSpec(vocab_size=400, byte_level=False))
+    # A ~160-token vocabulary in which every answer word is one token (the answer words are repeated
+    # so BPE merges them first): a random-init policy already names colours and animals now and then,
+    # which gives RL groups with differing rewards from the first step.
+    answers = " ".join([*ANIMALS, *COLOURS, *LETTERS, "[Answer]"])
+    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus() + [answers] * 3000,
+                     spec=TinyModelSpec(vocab_size=160, byte_level=False))
     print(f"demo assets in {args.out_dir}: train.jsonl ({args.rows} rows), model/")
     return 0
 

@@ -36,7 +36,7 @@ class ScoredGroups:
     num_truncated: int  # responses cut at max_tokens
 
 
-def _stop_ids(model_path: str, tokenizer) -> set[int]:
+def stop_token_ids(model_path: str, tokenizer) -> set[int]:
     from transformers import GenerationConfig
 
     ids = {tokenizer.eos_token_id}
@@ -78,7 +78,7 @@ def generate_and_score(examples: list[Example], model_path: str, rollout_cfg, re
     try:
         mine = fits[engine.dp_rank::engine.dp_size]
         batch = engine.generate([prompts[i] for i in mine])
-        stop_ids = _stop_ids(model_path, tokenizer)
+        stop_ids = stop_token_ids(model_path, tokenizer)
         texts = [response_text(tokenizer, ids, stop_ids) for ids in batch.response_ids]
         items = [ScoreItem(examples[mine[k]].reward_type, text, examples[mine[k]].ground_truth)
                  for k, text in zip(batch.prompt_index, texts)]

@@ -19,11 +19,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = option(0.5, "Share of accelerator memory vLLM may take (weights + KV cache).")
     cpu_kvcache_space_gib: int = option(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     enable_prefix_caching: bool = option(True, "Share a prompt's KV cache among its G responses.")
-    enforce_eager: bool = option(False, "Disable CUDA graphs (slower, less memory at start-up).")
+    enforce_eager: bool = option(False, "No CUDA graphs or torch.compile: slower generation, faster start (no ~20 s CPU warm-up).")
     sleep_level: Literal[0, 1, 2] = option(1, "CUDA only: 0 never sleep; 1 offload weights, drop KV cache; 2 drop both (weights re-synced on wake).")
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
-    seed: int = option(0, "Sampling seed; each data-parallel rank adds its rank.")
+    seed: int = option(0, "Sampling seed; each rollout data-parallel group (tensor_parallel_size ranks) adds its index.")
 
     def validate(self) -> None:
         if self.n < 1:
@@ -34,5 +34,11 @@ class RolloutConfig:
             raise invalid("top_p", f"must be in (0, 1], got {self.top_p}", "use 1.0")
         if self.max_response_length < 1:
             raise invalid("max_response_length", f"must be positive, got {self.max_response_length}", "e.g. 16384")
+        if self.tensor_parallel_size < 1:
+            raise invalid("tensor_parallel_size", f"must be at least 1, got {self.tensor_parallel_size}", "use 1, or a divisor of the number of ranks")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise invalid("gpu_memory_utilization", f"must be in (0, 1], got {self.gpu_memory_utilization}", "e.g. 0.5 when colocated with the trainer")
+        if self.cpu_kvcache_space_gib < 1:
+            raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ from golong.data.loader import load_examples
 from golong.data.prompts import PromptIds, encode_prompts, filter_long_prompts
 from golong.data.sampler import PromptSampler
 from golong.data.schema import Example
+from golong.eval import response_text, stop_token_ids
 from golong.rewards import RewardScorer, ScoreItem
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.trainer.batch import TrainSample, pack
@@ -87,6 +89,7 @@ class Run:
     cfg: Config
     world: World
     tokenizer: object
+    stop_ids: set[int]  # end-of-response tokens, dropped before scoring
     data: PromptSet
     sampler: PromptSampler
     policy: PolicyEngine
@@ -178,7 +181,7 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
     with timer.phase("rollout"):
         batch = rollout.generate([data.prompts[rows[p]] for p in mine])
     with timer.phase("reward"):
-        texts = run.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        texts = [response_text(run.tokenizer, ids, run.stop_ids) for ids in batch.response_ids]
         items = [ScoreItem(data.examples[rows[mine[k]]].reward_type, text, data.examples[rows[mine[k]]].ground_truth)
                  for k, text in zip(batch.prompt_index, texts)]
         scored = run.scorer.score(items)
@@ -214,7 +217,7 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
 def informative_groups(rollouts: Rollouts) -> Rollouts:
     """The responses of groups whose rewards are not all equal (dynamic sampling's filter)."""
     groups = rollouts.group_index
-    spread = torch.zeros(int(groups.max()) + 1 if len(groups) else 0)
+    spread = torch.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=rollouts.rewards.dtype)
     low = spread.clone().fill_(math.inf).scatter_reduce(0, groups, rollouts.rewards, "amin")
     high = spread.clone().fill_(-math.inf).scatter_reduce(0, groups, rollouts.rewards, "amax")
     keep = (high > low)[groups]
@@ -263,6 +266,8 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
         "response_length/min": float(lengths.min()),
         "response_length/truncated_ratio": float(rollouts.truncated.mean()),
         "batch/prompts": float(len(set(rollouts.group_index.tolist()))),
+        # Identifies the step's prompts: equal in a resumed and an uninterrupted run of the same recipe.
+        "batch/fingerprint": float(zlib.crc32(np.asarray(sorted(set(rollouts.example_index)), dtype=np.int64).tobytes())),
         "batch/responses": float(len(rollouts)),
     }
     for t, name in enumerate(run.data.tasks):
@@ -323,7 +328,7 @@ def train(cfg: Config) -> None:
     estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
     policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop, cfg.rollout.temperature)
     rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len)
-    run = Run(cfg, world, tokenizer, data, sampler, policy, rollout, RewardScorer(cfg.reward), estimator,
+    run = Run(cfg, world, tokenizer, stop_token_ids(cfg.model.path, tokenizer), data, sampler, policy, rollout, RewardScorer(cfg.reward), estimator,
               resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg))
 
     checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last)

@@ -1,0 +1,212 @@
+"""The colocated vLLM engine: generates groups of responses in the trainer's own processes.
+
+Under torchrun every rank builds `vllm.LLM` with `distributed_executor_backend="external_launcher"`:
+vLLM carves tensor-parallel groups of `tensor_parallel_size` consecutive ranks out of the world,
+and each group is one engine that serves its own prompts (rollout data parallelism). All ranks of a
+group must call `generate` with the same prompts; they get the same responses back.
+
+Token in, token out: prompts are token ids (chat-templated by golong/data), responses come back as
+the sampled ids with vLLM's processed log-probs (after temperature and top-p, which is what the
+trainer recomputes), so training uses exactly what was sampled; nothing is decoded and re-encoded.
+
+One step, as the training loop drives it (CUDA; on CPU the sleep/wake calls are no-ops):
+
+    batch = engine.generate(prompts)       # engine awake
+    engine.sleep()                         # free weights (level 1: offload, 2: drop) and KV cache
+    ... train ...
+    engine.wake_up_weights()
+    engine.sync_weights(model)             # gathered buckets never share memory with the KV cache
+    engine.wake_up_kv_cache()
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from golong.rollout.batch import RolloutBatch
+from golong.rollout.config import RolloutConfig
+from golong.rollout.weight_sync import (
+    SyncStats,
+    extra_bytes,
+    gathered_weights,
+    plan_buckets,
+    reload_weights_in_place,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutEngine:
+    """One vLLM engine per rollout data-parallel group, living in this process.
+
+    In-process vLLM seeds the process's global RNGs (random, numpy, torch) with its seed when it
+    starts: build the engine before seeding the trainer.
+    """
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, max_model_len: int):
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        tp = cfg.tensor_parallel_size
+        if world % tp:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} must divide the number of ranks ({world}); "
+                             "tensor parallelism > 1 needs torchrun with a multiple of that many ranks")
+        if max_model_len <= cfg.max_response_length:
+            raise ValueError(f"max_model_len={max_model_len} leaves no room for a prompt next to "
+                             f"rollout.max_response_length={cfg.max_response_length}")
+        self.cfg = cfg
+        self.max_model_len = max_model_len
+        self.dp_rank, self.dp_size = rank // tp, world // tp  # vLLM's TP groups are consecutive ranks
+        self.dtype = getattr(torch, cfg.dtype)
+
+        # The engine core must run in this process: weight sync hands it tensors by reference.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)  # read by the CPU backend only
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        # Sleep mode needs the CUDA memory pool; elsewhere sleep/wake are no-ops.
+        self.sleep_mode = cfg.sleep_level > 0 and current_platform.is_sleep_mode_available()
+        self._weights_dropped = False  # level-2 sleep discarded the weights and no sync has refilled them
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.dtype,
+            tensor_parallel_size=tp,
+            distributed_executor_backend="external_launcher" if world > 1 else None,
+            seed=cfg.seed + self.dp_rank,  # ranks of one TP group must sample alike
+            max_model_len=max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
+            enable_sleep_mode=self.sleep_mode,
+            logprobs_mode="processed_logprobs",  # log softmax(logits / T) after top-p, as the trainer computes
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Generation
+
+    def generate(self, prompts: list[list[int]], *, n: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, max_tokens: int | None = None) -> RolloutBatch:
+        """`n` responses per prompt (defaults from the config; temperature 0 is greedy).
+
+        A prompt with len(prompt) + max_tokens > max_model_len is filtered out before the engine,
+        counted and logged: it fits the context but vLLM would stop its responses at the context
+        limit, short of max_tokens, so it could never get a full-length answer. With the derived
+        max_model_len (max prompt + max response) only prompts the data filter let through by
+        mistake can hit this.
+        """
+        from vllm import SamplingParams, TokensPrompt
+
+        cfg = self.cfg
+        n = cfg.n if n is None else n
+        max_tokens = cfg.max_response_length if max_tokens is None else max_tokens
+        params = SamplingParams(
+            n=n,
+            temperature=cfg.temperature if temperature is None else temperature,
+            top_p=cfg.top_p if top_p is None else top_p,
+            max_tokens=max_tokens,
+            logprobs=0,  # the sampled token's log-prob only
+            flat_logprobs=True,  # one flat list per response instead of a dict per token
+            detokenize=False,
+        )
+        fits = [len(prompt) + max_tokens <= self.max_model_len for prompt in prompts]
+        kept = [i for i, ok in enumerate(fits) if ok]
+        filtered = [i for i, ok in enumerate(fits) if not ok]
+        if filtered:
+            logger.warning("rollout: %d of %d prompts filtered: prompt + max_tokens (%d) > max_model_len (%d); "
+                           "longest prompt %d tokens", len(filtered), len(prompts), max_tokens,
+                           self.max_model_len, max(len(prompts[i]) for i in filtered))
+
+        start = time.perf_counter()
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in kept], params,
+                                    use_tqdm=False) if kept else []
+        seconds = time.perf_counter() - start
+
+        prompt_index, response_ids, logprobs, finish_reasons = [], [], [], []
+        for index, output in zip(kept, outputs):  # vLLM returns requests in input order
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                prompt_index.append(index)
+                response_ids.append(list(completion.token_ids))
+                logprobs.append(list(completion.logprobs.logprobs))  # logprobs=0: one entry per token
+                finish_reasons.append(completion.finish_reason)
+        return RolloutBatch(
+            prompt_index=prompt_index,
+            response_ids=response_ids,
+            logprobs=logprobs,
+            finish_reasons=finish_reasons,
+            truncated=[reason == "length" for reason in finish_reasons],
+            num_filtered=len(filtered),
+            filtered_index=filtered,
+            seconds=seconds,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Weight sync
+
+    @torch.no_grad()
+    def sync_weights(self, module: torch.nn.Module) -> SyncStats:
+        """Load `module`'s current weights (the HF model, ZeRO-3 partitioned or not) into the engine.
+
+        Collective: every rank calls it with its own module. Parameters are gathered in buckets
+        of at most `sync_bucket_mb` (whole decoder layers), cast to the engine dtype and streamed
+        into vLLM's in-place reload; then the prefix cache, filled by the old weights, is reset.
+
+        `peak_extra_bytes`: on CUDA, measured (peak allocated during the sync minus before);
+        elsewhere, counted: the largest bucket's gathered shards of other ranks plus its
+        engine-dtype copies (vLLM's one-layer staging buffer is not counted).
+        """
+        start = time.perf_counter()
+        on_cuda = torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.synchronize()
+            allocated_before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+        buckets = plan_buckets(list(module.named_parameters()), self.cfg.sync_bucket_mb * 2**20)
+        self.llm.collective_rpc(reload_weights_in_place, args=(gathered_weights(buckets, self.dtype),))
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight sync (requests running?)")
+        self._weights_dropped = False
+
+        if on_cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - allocated_before
+        else:
+            peak = max(extra_bytes(bucket, self.dtype) for bucket in buckets)
+        return SyncStats(seconds=time.perf_counter() - start, peak_extra_bytes=peak, num_buckets=len(buckets))
+
+    # ------------------------------------------------------------------------------------------
+    # Sleep and wake (CUDA sleep mode; no-ops where vLLM has none, e.g. CPU)
+
+    def sleep(self) -> None:
+        """After generation: level 1 offloads the weights to host memory, level 2 drops them; both drop the KV cache."""
+        if self.sleep_mode:
+            self.llm.sleep(level=self.cfg.sleep_level)
+            self._weights_dropped = self.cfg.sleep_level == 2
+
+    def wake_up_weights(self) -> None:
+        """Before the sync: weights back in device memory (level 2: allocated, contents stale)."""
+        if self.sleep_mode:
+            self.llm.wake_up(tags=["weights"])
+
+    def wake_up_kv_cache(self) -> None:
+        """After the sync: the KV cache back, so gathered buckets and KV cache never coexist."""
+        if self._weights_dropped:
+            raise RuntimeError("level-2 sleep dropped the engine's weights: call sync_weights before wake_up_kv_cache")
+        if self.sleep_mode:
+            self.llm.wake_up(tags=["kv_cache"])
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory.
+
+        vLLM 0.32's shutdown also tears down torch.distributed (EngineCore.shutdown ->
+        cleanup_dist_env_and_memory destroys the default process group), so under torchrun
+        close the rollout engine after everything else that needs the process group.
+        """
+        if self.llm is None:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None

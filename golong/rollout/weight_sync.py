@@ -1,0 +1,127 @@
+"""Trainer -> vLLM weight sync: gather (ZeRO-3) parameters in bounded buckets, cast, reload in place.
+
+Every step the rollout engine must generate with the policy the trainer just produced. The
+trainer's parameters may be partitioned across ranks by ZeRO-3, so the full tensors exist only
+inside `deepspeed.zero.GatheredParameters`, a collective every rank of the partition group must
+enter in the same order. Gathering the whole model at once would put a full copy of it (plus
+its engine-dtype cast) on every rank, so parameters are gathered a bucket at a time:
+
+- a bucket holds whole decoder layers (`*.layers.N.*`), as many as fit in the byte budget; a
+  layer larger than the budget is a bucket alone. Whole layers keep the pieces of vLLM's fused
+  layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj) together;
+- every other parameter (embedding, final norm, lm_head) is a bucket of its own, so no bucket
+  is ever the whole model.
+
+The gathered tensors stream into vLLM's in-place reload (`model_runner.reload_weights`, vLLM
+0.32) as one iterator, in model order: vLLM buffers the pieces of each of its layers, loads them
+when the layer is complete and re-runs the layer's weight post-processing, which plain
+`load_weights` would skip. One reload per sync (not one per bucket) because each reload call
+re-arms every layer of the model.
+
+Tied embeddings: `named_parameters()` lists a shared tensor once, under its first name
+(`model.embed_tokens.weight`); vLLM's tied lm_head shares the embedding's storage, so reloading the
+embedding updates both (vLLM then logs "ParallelLMHead: Failed to load weights" for the lm_head,
+which received nothing itself: harmless, as is the same line for RotaryEmbedding's cache).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+_DECODER_LAYER = re.compile(r"^((?:.*?\.)?layers\.\d+)\.")  # the first `layers.N.` in the name
+
+
+@dataclass
+class SyncStats:
+    seconds: float  # wall time of the whole sync: gathers, casts, reload, prefix-cache reset
+    peak_extra_bytes: int  # memory beyond the trainer's own shards and vLLM's weights (see sync_weights)
+    num_buckets: int
+
+
+@dataclass
+class WeightBucket:
+    """Parameters gathered together; `nbytes` is their full (gathered) size in the trainer's dtype."""
+
+    names: list[str] = field(default_factory=list)
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    nbytes: int = 0
+    layer: bool = False  # holds decoder layers (more may join) rather than one other parameter
+
+    def add(self, name: str, param: torch.nn.Parameter) -> None:
+        self.names.append(name)
+        self.params.append(param)
+        self.nbytes += full_bytes(param)
+
+
+def is_partitioned(param: torch.nn.Parameter) -> bool:
+    """ZeRO-3 marks the parameters it partitions with a `ds_id`."""
+    return hasattr(param, "ds_id")
+
+
+def full_numel(param: torch.nn.Parameter) -> int:
+    return param.ds_numel if is_partitioned(param) else param.numel()
+
+
+def full_bytes(param: torch.nn.Parameter) -> int:
+    return full_numel(param) * param.element_size()
+
+
+def plan_buckets(named_params: list[tuple[str, torch.nn.Parameter]], bucket_bytes: int) -> list[WeightBucket]:
+    """Split parameters (in model order) into gather buckets; see the module docstring for the rules."""
+    units: list[tuple[str | None, list[tuple[str, torch.nn.Parameter]]]] = []  # (layer prefix or None, params)
+    for name, param in named_params:
+        match = _DECODER_LAYER.match(name)
+        prefix = match.group(1) if match else None
+        if prefix is not None and units and units[-1][0] == prefix:
+            units[-1][1].append((name, param))
+        else:
+            units.append((prefix, [(name, param)]))
+
+    buckets: list[WeightBucket] = []
+    for prefix, params in units:
+        unit_bytes = sum(full_bytes(p) for _, p in params)
+        joins_last = (prefix is not None and buckets and buckets[-1].layer
+                      and buckets[-1].nbytes + unit_bytes <= bucket_bytes)
+        if not joins_last:
+            buckets.append(WeightBucket(layer=prefix is not None))
+        for name, param in params:
+            buckets[-1].add(name, param)
+    return buckets
+
+
+def extra_bytes(bucket: WeightBucket, dtype: torch.dtype) -> int:
+    """Bytes a bucket adds while in flight: gathered shards of other ranks plus engine-dtype casts."""
+    total = 0
+    for param in bucket.params:
+        if is_partitioned(param):
+            total += (param.ds_numel - param.ds_tensor.numel()) * param.element_size()
+        if param.dtype != dtype:
+            total += full_numel(param) * dtype.itemsize
+    return total
+
+
+def gathered_weights(buckets: list[WeightBucket], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor in `dtype`) for every parameter, gathering one bucket at a time.
+
+    Collective when parameters are partitioned: every rank of the ZeRO group must drain this
+    iterator, in the same order. A yielded tensor stays valid after its bucket is released
+    (it holds its own reference to the storage), so vLLM may keep it until its layer is complete.
+    """
+    partitioned = any(is_partitioned(p) for bucket in buckets for p in bucket.params)
+    if partitioned:
+        import deepspeed  # only a partitioned (ZeRO-3) module needs it
+
+    for bucket in buckets:
+        gather = deepspeed.zero.GatheredParameters(bucket.params) if partitioned else nullcontext()
+        with gather:
+            for name, param in zip(bucket.names, bucket.params):
+                yield name, param.detach().to(dtype)
+
+
+def reload_weights_in_place(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """Runs inside each vLLM worker (via `LLM.collective_rpc`): vLLM 0.32's in-place reload."""
+    worker.model_runner.reload_weights(weights_iterator=weights)

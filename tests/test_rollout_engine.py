@@ -1,0 +1,147 @@
+"""RolloutEngine with the real vLLM on CPU (one engine for the whole module): groups, log-probs,
+truncation, length filter, and weight sync from a plain (not partitioned) transformers model.
+
+The reference log-probs come from transformers in float32 with the weights rounded to bfloat16
+(the engine's dtype), so what is left is vLLM computing its activations in bfloat16.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dist.rollout_reference import greedy, round_to_bf16, token_logprobs
+from golong.rollout import RolloutConfig, RolloutEngine
+
+pytestmark = pytest.mark.slow
+
+MAX_MODEL_LEN = 64
+PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42], [100, 7, 300, 12, 60, 61, 62, 63, 64]]
+# Bounds on |vLLM - transformers| per token log-prob at T = 0.7 (bf16 activations vs float32, same
+# bf16 weights); measured on the tiny model: max 0.006, mean 0.0015.
+MAX_ABS_BOUND, MEAN_ABS_BOUND = 0.02, 0.005
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    cfg = RolloutConfig(n=4, max_response_length=8, gpu_memory_utilization=0.3, sync_bucket_mb=1, seed=3)
+    engine = RolloutEngine(cfg, tiny_model_path, max_model_len=MAX_MODEL_LEN)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    return round_to_bf16(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval())
+
+
+@pytest.fixture(scope="module")
+def sampled(engine):
+    """Four responses per prompt at temperature 0.7, so processed and raw log-probs differ."""
+    return engine.generate(PROMPTS, temperature=0.7)
+
+
+def test_engine_is_one_data_parallel_group_alone(engine):
+    assert (engine.dp_rank, engine.dp_size) == (0, 1)
+
+
+def test_responses_come_back_grouped_in_prompt_order(sampled):
+    assert sampled.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert sampled.num_filtered == 0 and sampled.filtered_index == []
+    for ids, logprobs in zip(sampled.response_ids, sampled.logprobs):
+        assert 1 <= len(ids) <= 8 and len(logprobs) == len(ids)
+    # G samples of one prompt are different draws, not copies
+    assert len({tuple(ids) for ids in sampled.response_ids[:4]}) > 1
+
+
+def test_logprobs_are_processed_logprobs_of_the_right_prompt(sampled, reference):
+    """Each response's log-probs match transformers' log softmax(logits / 0.7) given ITS prompt:
+    this also proves the alignment (another prompt gives other log-probs) and that vLLM returns
+    log-probs after temperature (the raw ones, T = 1, are far off)."""
+    processed, raw, other_prompt = [], [], []
+    for index, ids, logprobs in zip(sampled.prompt_index, sampled.response_ids, sampled.logprobs):
+        vllm = torch.tensor(logprobs, dtype=torch.float64)
+        processed.append(token_logprobs(reference, PROMPTS[index], ids, 0.7) - vllm)
+        raw.append(token_logprobs(reference, PROMPTS[index], ids, 1.0) - vllm)
+        other_prompt.append(token_logprobs(reference, PROMPTS[(index + 1) % 3], ids, 0.7) - vllm)
+    processed, raw, other_prompt = (torch.cat(d).abs() for d in (processed, raw, other_prompt))
+    assert processed.max() < MAX_ABS_BOUND and processed.mean() < MEAN_ABS_BOUND, (processed.max(), processed.mean())
+    # measured: raw 0.08, other prompt 0.3 (the tiny random model's logits are nearly flat)
+    assert raw.mean() > 4 * MEAN_ABS_BOUND
+    assert other_prompt.mean() > 4 * MEAN_ABS_BOUND
+
+
+def test_truncation_flags_with_tiny_max_tokens(engine):
+    batch = engine.generate(PROMPTS, n=2, max_tokens=3)
+    assert [len(ids) for ids in batch.response_ids] == [3] * 6
+    assert batch.finish_reasons == ["length"] * 6 and batch.truncated == [True] * 6
+    assert batch.metrics()["rollout/truncated_ratio"] == 1.0
+    assert batch.metrics()["rollout/response_length_mean"] == 3.0
+
+
+def test_prompts_that_leave_no_room_for_max_tokens_are_filtered(engine):
+    fits = list(range(10, 10 + MAX_MODEL_LEN - 8))  # 56 + 8 = 64: exactly fits
+    one_over = fits + [3]  # 57 + 8 > 64
+    prompts = [fits, one_over, [7] * 100, [5, 6, 7]]
+    batch = engine.generate(prompts, n=2, max_tokens=8)
+    assert batch.num_filtered == 2 and batch.filtered_index == [1, 2]
+    assert batch.prompt_index == [0, 0, 3, 3]
+    assert batch.metrics()["rollout/num_filtered_prompts"] == 2.0
+    # the rule is prompt + max_tokens: with 2 new tokens the 57-token prompt fits
+    assert engine.generate(prompts, n=1, max_tokens=2).filtered_index == [2]
+
+
+def test_all_prompts_filtered_gives_an_empty_batch(engine):
+    batch = engine.generate([[1] * 60], n=2, max_tokens=8)
+    assert batch.num_filtered == 1 and batch.response_ids == [] and batch.prompt_index == []
+    assert batch.metrics()["rollout/num_filtered_prompts"] == 1.0
+
+
+def eos_only_model(model, eos: int) -> None:
+    """Make every next-token distribution put ~all mass on EOS: with o_proj and down_proj zero the
+    last hidden state is the token's embedding; all embeddings are e0, and only EOS's lm_head row
+    reads e0 (logit 4 * sqrt(hidden) = 45 against 0)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()[:, 0] = 1.0
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()[eos, 0] = 4.0
+
+
+def test_sync_from_a_plain_model(engine, tiny_model_path, reference):
+    """Not partitioned (ZeRO 0-2 or no DeepSpeed): vLLM then continues exactly like transformers
+    with the new weights; an always-EOS model shows EOS stays in response_ids with reason 'stop'."""
+    from transformers import AutoModelForCausalLM
+
+    before = engine.generate(PROMPTS, n=1, temperature=0.0).response_ids
+    assert before == [greedy(reference, p, 8) for p in PROMPTS]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    try:
+        stats = engine.sync_weights(model)
+        # sync_bucket_mb=1 fits one 147,840-parameter decoder layer: embedding, layer 0, layer 1,
+        # norm, lm_head. The largest bucket, a layer, costs its bf16 copy: 2 bytes a parameter.
+        assert stats.num_buckets == 5
+        assert stats.peak_extra_bytes == 147_840 * 2
+        after = engine.generate(PROMPTS, n=1, temperature=0.0).response_ids
+        round_to_bf16(model)
+        assert after == [greedy(model, p, 8) for p in PROMPTS]
+        assert after != before
+
+        eos = model.generation_config.eos_token_id[0]
+        eos_only_model(model, eos)
+        engine.sync_weights(model)
+        batch = engine.generate(PROMPTS, n=2, max_tokens=8)
+        assert batch.response_ids == [[eos]] * 6
+        assert batch.finish_reasons == ["stop"] * 6 and batch.truncated == [False] * 6
+        assert max(abs(lp[0]) for lp in batch.logprobs) < 1e-4
+    finally:
+        engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32))
+    assert engine.generate(PROMPTS, n=1, temperature=0.0).response_ids == before

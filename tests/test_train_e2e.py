@@ -1,0 +1,152 @@
+"""End-to-end training: `golong train` under torchrun with the real DeepSpeed and vLLM on the tiny model.
+
+One uninterrupted 2-rank run is shared by several tests; a second run of the same recipe is killed with
+SIGKILL after its second checkpoint and resumed, and must match the first step for step.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, free_port
+
+STEPS = 4
+OVERRIDES = [
+    f"trainer.total_steps={STEPS}", "trainer.save_every=1", "trainer.keep_last=2",
+    "data.prompts_per_step=4", "rollout.n=4", "rollout.max_response_length=6",
+    "trainer.micro_batch_max_tokens=2048", "reward.num_workers=1", "logging.plot=true",
+]
+ENV = {"OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+       "PYTHONPATH": REPO}
+
+
+@pytest.fixture(scope="module")
+def demo_assets(tmp_path_factory):
+    out = tmp_path_factory.mktemp("assets")
+    subprocess.run([sys.executable, "-m", "golong", "prepare-demo", str(out), "--rows", "48"],
+                   check=True, capture_output=True, env={**os.environ, **ENV}, cwd=REPO, timeout=300)
+    return out
+
+
+def train_command(assets, out_dir, *extra, nproc=2):
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                f"--master_port={free_port()}"] if nproc > 1 else [sys.executable]
+    return [*launcher, "-m", "golong", "train", "recipes/tiny-cpu.yaml", *OVERRIDES,
+            f"model.path={assets}/model", f"data.train_files=[{assets}/train.jsonl]",
+            f"trainer.output_dir={out_dir}", *extra]
+
+
+def run_training(assets, out_dir, *extra, nproc=2, timeout=900):
+    proc = subprocess.run(train_command(assets, out_dir, *extra, nproc=nproc), capture_output=True, text=True,
+                          env={**os.environ, **ENV}, cwd=REPO, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    return proc
+
+
+def metrics_of(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def full_run(demo_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    run_training(demo_assets, out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_two_rank_run_writes_everything(full_run):
+    records = metrics_of(full_run)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for r in records:  # per task: the tasks of the step's prompts
+        tasks = {k.split("/")[1] for k in r if k.startswith("reward/T") and k.endswith("/mean")}
+        assert tasks and all(f"reward/{t}/pass_rate" in r and f"advantage/abs_mean/{t}" in r for t in tasks)
+    for key in ("reward/mean", "reward/pass_rate", "advantage/abs_mean_cv",
+                "advantage/w_max", "actor/loss", "actor/clip_frac_high", "actor/entropy", "actor/grad_norm",
+                "rollout/logprob_abs_diff", "actor/icepop_masked_frac", "reward/timeouts",
+                "response_length/mean", "time/rollout", "time/reward", "time/old_logprobs", "time/update",
+                "time/sync"):
+        assert all(key in r for r in records), key
+    for r in records:
+        assert r["batch/responses"] == 4 * 4  # prompts_per_step x n, over both ranks
+        # vLLM (bf16) and the trainer (fp32) see the same weights after every sync.
+        assert r["rollout/logprob_abs_diff"] < 0.05
+    assert records[-1]["actor/lr"] > 0
+    saved = yaml.safe_load((full_run / "config.yaml").read_text())
+    assert saved["trainer"]["total_steps"] == STEPS and saved["algorithm"]["advantage"]["name"] == "tmn_reweight"
+    assert (full_run / "reward_per_task.png").stat().st_size > 1000
+    assert sorted(os.listdir(full_run / "checkpoints" / f"step_{STEPS:06d}"))
+    assert {"step_000003", "step_000004"} <= set(os.listdir(full_run / "checkpoints"))
+    assert "step_000002" not in os.listdir(full_run / "checkpoints")  # keep_last=2
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_weights_change_and_hf_export_matches_the_checkpoint(full_run, demo_assets, tmp_path):
+    from safetensors.torch import load_file
+
+    from golong.trainer.loop import export_checkpoint
+
+    exported = load_file(str(full_run / "hf" / "model.safetensors"))
+    initial = load_file(str(demo_assets / "model" / "model.safetensors"))
+    assert any(not torch.equal(exported[k].float(), initial[k].float()) for k in initial)
+    # `golong export` consolidates the ZeRO-3 shards of the latest checkpoint: the same weights.
+    again = load_file(os.path.join(export_checkpoint(str(full_run), str(tmp_path / "hf")), "model.safetensors"))
+    for name, tensor in exported.items():
+        torch.testing.assert_close(again[name].float(), tensor.float(), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(full_run, demo_assets, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_command(demo_assets, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **ENV}, cwd=REPO, start_new_session=True)
+    marker = out / "checkpoints" / "step_000002" / "run_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never completed its second checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once, wherever it is
+    proc.wait()
+
+    resumed = run_training(demo_assets, out)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    records = metrics_of(out)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # none lost, none repeated
+    reference = metrics_of(full_run)
+    assert [r["batch/fingerprint"] for r in records] == [r["batch/fingerprint"] for r in reference]
+    assert (out / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_user_estimator_from_outside_the_package_trains_a_step(demo_assets, tmp_path):
+    out = tmp_path / "custom"
+    run_training(demo_assets, out, "trainer.total_steps=1", "trainer.export_hf=false",
+                 "algorithm.advantage.name=tests.custom_estimator:MyEstimator",
+                 "algorithm.advantage.params={clip: 1.0}", nproc=1)
+    (record,) = metrics_of(out)
+    assert "advantage/clipped_fraction" in record and 0.0 <= record["advantage/clipped_fraction"] <= 1.0
+    assert record["actor/grad_norm"] >= 0
+
+
+def test_a_bad_row_stops_the_run_before_any_engine_starts(tiny_model_path, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    good = {"id": "a", "task": "T1", "context": "c", "question": "q", "answer": "x"}
+    data.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "task": "T42"}) + "\n")
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "golong", "train", "recipes/tiny-cpu.yaml",
+                           f"model.path={tiny_model_path}", f"data.train_files=[{data}]",
+                           f"trainer.output_dir={tmp_path / 'out'}"],
+                          capture_output=True, text=True, env={**os.environ, **ENV}, cwd=REPO, timeout=300)
+    assert proc.returncode != 0
+    assert "bad.jsonl" in proc.stderr and "row 2" in proc.stderr and "task" in proc.stderr
+    assert time.time() - start < 120
