@@ -156,3 +156,8 @@ def _flatten(tree, prefix=""):
             yield from _flatten(v, key + ".")
         else:
             yield key, v
+
+
+def test_readme_config_reference_is_current():
+    readme = open("README.md", encoding="utf-8").read()
+    assert reference_markdown(Config) in readme, "regenerate the README table with `golong config-reference`"

@@ -166,7 +166,7 @@ class RolloutEngine:
             torch.cuda.reset_peak_memory_stats()
 
         buckets = plan_buckets(list(module.named_parameters()), self.cfg.sync_bucket_mb * 2**20)
-        self.llm.collective_rpc(reload_weights_in_place, args=(gathered_weights(buckets, self.dtype),))
+        self.llm.collective_rpc(reload_weights_in_place, args=(gathered_weights(module, buckets, self.dtype),))
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync (requests running?)")
         self._weights_dropped = False

@@ -104,8 +104,11 @@ def extra_bytes(bucket: WeightBucket, dtype: torch.dtype) -> int:
     return total
 
 
-def gathered_weights(buckets: list[WeightBucket], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor in `dtype`) for every parameter, gathering one bucket at a time.
+def gathered_weights(module: torch.nn.Module, buckets: list[WeightBucket],
+                     dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor in `dtype`) for every parameter, gathering one bucket at a time, in the
+    checkpoint layout vLLM loads: transformers 5 fuses some weights at load time (MoE experts into one
+    tensor per layer), which `revert_weight_conversion` undoes bucket by bucket, as the HF export does.
 
     Collective when parameters are partitioned: every rank of the ZeRO group must drain this
     iterator, in the same order. A yielded tensor stays valid after its bucket is released
@@ -115,11 +118,13 @@ def gathered_weights(buckets: list[WeightBucket], dtype: torch.dtype) -> Iterato
     if partitioned:
         import deepspeed  # only a partitioned (ZeRO-3) module needs it
 
+    from transformers.core_model_loading import revert_weight_conversion
+
     for bucket in buckets:
         gather = deepspeed.zero.GatheredParameters(bucket.params) if partitioned else nullcontext()
         with gather:
-            for name, param in zip(bucket.names, bucket.params):
-                yield name, param.detach().to(dtype)
+            tensors = {name: param.detach().to(dtype) for name, param in zip(bucket.names, bucket.params)}
+            yield from revert_weight_conversion(module, tensors).items()
 
 
 def reload_weights_in_place(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
