@@ -376,9 +376,15 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
     root, tag = os.path.split(latest)
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    # The engine trained LogProbModel(model): its parameter names carry the wrapper's "model." prefix.
+    state_dict = {name.removeprefix("model."): tensor
+                  for name, tensor in get_fp32_state_dict_from_zero_checkpoint(root, tag=tag).items()}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    model.load_state_dict(state_dict, strict=False)
+    loaded = model.load_state_dict(state_dict, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # shares embed_tokens' tensor
+    if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
+        raise RuntimeError(f"checkpoint {latest} does not match {cfg.model.path}: missing "
+                           f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {loaded.unexpected_keys[:5]}")
     out = out or os.path.join(run_dir, "hf")
     export_hf(model, AutoTokenizer.from_pretrained(cfg.model.path), out)
     return out

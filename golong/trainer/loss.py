@@ -1,0 +1,239 @@
+"""The GoLongRL policy loss: clipped surrogate (Eq. 2) with clip-higher and dual clip, IcePop
+rollout/trainer mismatch correction (section 5.1, Table 12), and step-wide aggregation (Eq. 3, 4).
+
+Split invariance. The step's loss is one sum over every response token of the step divided by one
+step-wide denominator (`LossDenominator`, computed once per step over all micro-batches and all
+data-parallel ranks). Each micro-batch contributes its share `sum_t w_t * l_t`, where the weight
+`w_t` uses only that denominator and quantities of the token's own sequence (a sequence never spans
+micro-batches). The gradients of the contributions therefore add up to the gradient of the step's
+loss however the batch is split; the engine undoes DeepSpeed's averaging over ranks (see engine.py).
+
+    denom = LossDenominator.build(samples_of_this_rank, "token-mean")        # all_reduce inside
+    loss, stats = policy_loss(logp, old_logp, rollout_logp, advantages, mask, seq_index, cfg, icepop, denom)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.distributed as dist
+
+from golong.trainer.batch import TrainSample
+from golong.trainer.config import IcePopConfig, PolicyLossConfig
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant-norm")
+_LOG_RATIO_LIMIT = 20.0  # exp(+-20) bounds ratios of log-probs that disagree wildly (as verl does)
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum `values` over all ranks (the data-parallel world); a no-op in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buf = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(buf)
+    return buf.tolist()
+
+
+def resolve_agg_mode(cfg: PolicyLossConfig, preferred: str | None = None) -> str:
+    """The aggregation mode to use: the configured one, or for "auto" the advantage estimator's
+    preference (Dr.GRPO prefers constant-norm), else token-mean (Eq. 4, Table 12)."""
+    mode = cfg.agg_mode if cfg.agg_mode != "auto" else (preferred or "token-mean")
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGG_MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class LossDenominator:
+    """The step-wide normaliser of the loss; build it once per step, before the first micro-batch.
+
+    token-mean (Eq. 4): response tokens of the step.  seq-mean-token-mean: responses of the step
+    (each response's tokens are first averaged over its own length).  constant-norm (Dr.GRPO, Eq. 3):
+    responses x L.  Responses with loss_weight 0 count in none of them. Tokens that IcePop masks or
+    vetoes still count (they contribute 0), as in IcePop's own objective, so the denominator is known
+    before any log-prob is computed.
+    """
+
+    agg_mode: str
+    value: float
+
+    @classmethod
+    def build(cls, samples: list[TrainSample], agg_mode: str, constant_norm_length: int = 0) -> LossDenominator:
+        """From this rank's samples, summed over all ranks (one all_reduce: every rank must call it)."""
+        if agg_mode not in AGG_MODES:
+            raise ValueError(f"unknown loss aggregation {agg_mode!r}; valid: {', '.join(AGG_MODES)} "
+                             "(resolve 'auto' with resolve_agg_mode first)")
+        if agg_mode == "constant-norm" and constant_norm_length < 1:
+            raise ValueError("constant-norm needs constant_norm_length >= 1 (Dr.GRPO's L, e.g. the max response length)")
+        counted = [s for s in samples if s.in_loss]
+        tokens, sequences = all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
+        value = {"token-mean": tokens, "seq-mean-token-mean": sequences,
+                 "constant-norm": sequences * constant_norm_length}[agg_mode]
+        return cls(agg_mode, max(value, 1.0))  # a step with nothing to learn from gives loss 0, not 0/0
+
+
+@dataclass
+class PolicyLossStats:
+    """Sums over the loss tokens (loss_mask > 0) of some micro-batches. Add the stats of a step's
+    micro-batches with `+`, sum them over ranks with `all_reduce()`, then read `metrics()`."""
+
+    loss: float = 0.0  # the contributions themselves: their total is the step's loss
+    tokens: float = 0.0
+    sequences: float = 0.0
+    clipped_low: float = 0.0  # tokens with A < 0 and rho < 1 - clip_ratio_low
+    clipped_high: float = 0.0  # tokens with A > 0 and rho > 1 + clip_ratio_high
+    clipped_dual: float = 0.0  # tokens with A < 0 and rho > dual_clip_c
+    entropy: float = 0.0
+    ref_kl: float = 0.0  # k3 estimate of KL(policy || reference), when a reference is used
+    icepop_masked: float = 0.0  # tokens whose IcePop weight is 0 (out of range in mask mode, or vetoed)
+    icepop_vetoed: float = 0.0  # sequences dropped by the veto
+    icepop_logprob_gap: float = 0.0  # sum of |old logp - rollout logp|
+    icepop_kl: float = 0.0  # k3 estimate of KL(rollout || trainer): sum of (k - 1 - log k), k = pi_old / pi_rollout
+
+    def __add__(self, other: PolicyLossStats) -> PolicyLossStats:
+        return PolicyLossStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def all_reduce(self) -> PolicyLossStats:
+        return PolicyLossStats(*all_reduce_sum([getattr(self, f.name) for f in fields(self)]))
+
+    def metrics(self) -> dict[str, float]:
+        per_token = max(self.tokens, 1.0)
+        return {
+            "loss": self.loss,
+            "clip_frac_low": self.clipped_low / per_token,
+            "clip_frac_high": self.clipped_high / per_token,
+            "clip_frac_dual": self.clipped_dual / per_token,
+            "entropy": self.entropy / per_token,
+            "ref_kl": self.ref_kl / per_token,
+            "icepop_masked_frac": self.icepop_masked / per_token,
+            "icepop_vetoed_seqs": self.icepop_vetoed,
+            "icepop_logprob_gap": self.icepop_logprob_gap / per_token,
+            "icepop_kl": self.icepop_kl / per_token,
+            "response_tokens": self.tokens,
+            "responses": self.sequences,
+        }
+
+
+def icepop_weights(k: torch.Tensor, seq_index: torch.Tensor, cfg: IcePopConfig) -> torch.Tensor:
+    """(N,) importance weights correcting the rollout/trainer mismatch (section 5.1, Table 12).
+
+    k_t = pi_old(y_t) / pi_rollout(y_t) is the trainer's probability of the sampled token over the
+    rollout engine's (no gradient).  mask: w_t = k_t if low <= k_t <= high else 0 (IcePop's M(k);
+    Table 12's "clip" mode is read as this masking: out-of-range tokens leave the loss).
+    truncate: w_t = min(k_t, high) (truncated IS).  veto: every token of a sequence with any
+    k_t < veto gets w_t = 0.  off: w_t = 1.
+    """
+    if cfg.mode == "off":
+        return torch.ones_like(k)
+    if cfg.mode == "mask":
+        weights = torch.where((k >= cfg.low) & (k <= cfg.high), k, torch.zeros_like(k))
+    elif cfg.mode == "truncate":
+        weights = k.clamp(max=cfg.high)
+    else:
+        raise ValueError(f"unknown IcePop mode {cfg.mode!r}; valid: off, mask, truncate")
+    return weights.masked_fill(_in_vetoed_sequence(k, seq_index, cfg.veto), 0.0)
+
+
+def _in_vetoed_sequence(k: torch.Tensor, seq_index: torch.Tensor, veto: float) -> torch.Tensor:
+    """(N,) whether the token's sequence has any token ratio below `veto` (0 turns the veto off)."""
+    if veto <= 0 or not seq_index.numel():
+        return torch.zeros_like(k, dtype=torch.bool)
+    bad = torch.zeros(int(seq_index.max()) + 1, dtype=torch.bool, device=k.device)
+    bad[seq_index[k < veto]] = True
+    return bad[seq_index]
+
+
+def aggregation_weights(token_mask: torch.Tensor, seq_index: torch.Tensor, denom: LossDenominator) -> torch.Tensor:
+    """(N,) w_t such that the step's loss is sum_t w_t * l_t over all micro-batches and ranks.
+
+    token-mean (Eq. 4):        w_t = m_t / sum_i |o_i|
+    seq-mean-token-mean:       w_t = m_t / (|o_i| * N)
+    constant-norm (Eq. 3):     w_t = m_t / (N * L)
+    m_t is the token's loss mask (its response's loss_weight); |o_i| the length of its response.
+    """
+    if denom.agg_mode == "seq-mean-token-mean":
+        response_length = torch.bincount(seq_index).to(token_mask.dtype)  # whole responses: never split across micro-batches
+        return token_mask / (response_length[seq_index] * denom.value)
+    if denom.agg_mode in ("token-mean", "constant-norm"):
+        return token_mask / denom.value
+    raise ValueError(f"unknown loss aggregation {denom.agg_mode!r}; valid: {', '.join(AGG_MODES)}")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, rollout_logp: torch.Tensor | None,
+                advantages: torch.Tensor, token_mask: torch.Tensor, seq_index: torch.Tensor,
+                cfg: PolicyLossConfig, icepop_cfg: IcePopConfig, denom: LossDenominator, *,
+                entropy: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, PolicyLossStats]:
+    """This micro-batch's contribution to the step's loss, and its statistics. All inputs (N,).
+
+    rho_t = exp(logp_t - old_logp_t)                                              (Eq. 2)
+    l_t   = max(-A rho_t, -A clip(rho_t, 1 - eps_low, 1 + eps_high))              (Eq. 2, clip-higher)
+    l_t   = min(l_t, -A c)  where A < 0                                            (dual clip, c = 3)
+    loss  = sum_t w_t [ iw_t l_t + beta k3_t - alpha H_t ]
+    with w_t the aggregation weights (Eq. 3/4), iw_t the IcePop weights, k3_t the KL estimate
+    exp(r) - r - 1, r = ref_logp - logp (only when kl_coef > 0), H_t the entropy (entropy bonus).
+    """
+    token_mask = token_mask.to(logp.dtype)
+    advantages = advantages.to(logp.dtype)
+    old_logp = old_logp.to(logp.dtype)
+    log_ratio = (logp - old_logp).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)  # Eq. 2's rho
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
+    per_token = torch.maximum(unclipped, clipped)
+    negative = advantages < 0
+    if cfg.dual_clip_c:
+        per_token = torch.where(negative, torch.minimum(per_token, -advantages * cfg.dual_clip_c), per_token)
+
+    use_icepop = icepop_cfg.mode != "off"
+    if use_icepop and rollout_logp is None:
+        raise ValueError(f"icepop.mode={icepop_cfg.mode!r} needs the rollout engine's log-probs of every response "
+                         "(TrainSample.rollout_logprobs); set icepop.mode=off to train without them")
+    if use_icepop:
+        gap = old_logp.detach() - rollout_logp.to(logp.dtype)
+        log_k = gap.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+        k = torch.exp(log_k)
+        is_weights = icepop_weights(k, seq_index, icepop_cfg)
+    else:
+        is_weights = torch.ones_like(logp)
+    weights = aggregation_weights(token_mask, seq_index, denom)
+    per_token = is_weights * per_token
+
+    kl = None
+    if cfg.kl_coef:
+        if ref_logp is None:
+            raise ValueError("loss.kl_coef > 0 needs the reference model's log-probs (PackedMicroBatch.ref_logprobs)")
+        r = (ref_logp.to(logp.dtype) - logp).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+        kl = torch.exp(r) - r - 1  # k3 estimator of KL(pi_theta || pi_ref)
+        per_token = per_token + cfg.kl_coef * kl
+    if cfg.entropy_coef:
+        if entropy is None:
+            raise ValueError("loss.entropy_coef != 0 needs the token entropies")
+        per_token = per_token - cfg.entropy_coef * entropy
+    loss = (weights * per_token).sum()
+
+    with torch.no_grad():
+        counted = token_mask > 0
+        positive = advantages > 0
+        stats = [
+            loss,
+            counted.sum(),
+            torch.unique(seq_index[counted]).numel(),
+            (counted & negative & (ratio < 1 - cfg.clip_ratio_low)).sum(),
+            (counted & positive & (ratio > 1 + cfg.clip_ratio_high)).sum(),
+            (counted & negative & (ratio > cfg.dual_clip_c)).sum() if cfg.dual_clip_c else 0,
+            entropy[counted].sum() if entropy is not None else 0,
+            kl[counted].sum() if kl is not None else 0,
+        ]
+        if use_icepop:
+            vetoed = counted & _in_vetoed_sequence(k, seq_index, icepop_cfg.veto)
+            stats += [
+                (counted & (is_weights == 0)).sum(),
+                torch.unique(seq_index[vetoed]).numel(),
+                gap.abs()[counted].sum(),
+                (k - 1 - log_k)[counted].sum(),
+            ]
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=logp.device) for v in stats]).tolist()
+    return loss, PolicyLossStats(*values)
+

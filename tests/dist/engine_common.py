@@ -1,0 +1,38 @@
+"""Shared by the tests/dist/engine_*.py scripts: a tiny PolicyEngine, deterministic samples, gathered weights."""
+from __future__ import annotations
+
+import deepspeed
+import torch
+
+from golong.trainer.batch import TrainSample
+from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
+from golong.trainer.engine import PolicyEngine
+
+
+def tiny_engine(model_dir: str, *, lr=1e-3, warmup_steps=0, loss=None, icepop=None, temperature=1.0) -> PolicyEngine:
+    return PolicyEngine(ModelConfig(path=model_dir), TrainerConfig(lr=lr, warmup_steps=warmup_steps),
+                        loss or PolicyLossConfig(), icepop or IcePopConfig(mode="off"), temperature)
+
+
+def random_samples(shapes, seed: int, vocab: int = 500, rollout_noise: float | None = None) -> list[TrainSample]:
+    """One TrainSample per (prompt length, response length, advantage[, loss_weight]); the same on every rank.
+    With `rollout_noise`, rollout log-probs scatter around the tiny model's ~log(1/576)."""
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for prompt_len, response_len, advantage, *weight in shapes:
+        rollout = None
+        if rollout_noise is not None:
+            rollout = -6.36 + rollout_noise * torch.randn(response_len, generator=g)
+        samples.append(TrainSample(torch.randint(0, vocab, (prompt_len,), generator=g).tolist(),
+                                   torch.randint(0, vocab, (response_len,), generator=g).tolist(),
+                                   advantage, rollout, *weight))
+    return samples
+
+
+def gathered_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full copies of ZeRO-3 sharded parameters (every rank must call this)."""
+    out = {}
+    for name, param in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param]):
+            out[name] = param.detach().clone().cpu()
+    return out
