@@ -10,7 +10,7 @@ Names are imported on first use, so `import golong.data.config` (every config lo
 """
 from __future__ import annotations
 
-import importlib
+from golong.lazy import lazy_exports
 
 _EXPORTS = {
     "DataConfig": "golong.data.config",
@@ -27,8 +27,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'golong.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

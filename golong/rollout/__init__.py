@@ -5,7 +5,7 @@ import torch or vLLM.
 """
 from __future__ import annotations
 
-import importlib
+from golong.lazy import lazy_exports
 
 _EXPORTS = {
     "RolloutBatch": "golong.rollout.batch",
@@ -16,8 +16,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'golong.rollout' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
