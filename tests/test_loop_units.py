@@ -11,7 +11,7 @@ def make_rollouts(groups, rewards):
                     response_ids=[np.array([i], dtype=np.int32) for i in range(n)],
                     rollout_logprobs=[np.zeros(1, dtype=np.float32) for _ in range(n)],
                     truncated=np.zeros(n, dtype=bool), rewards=torch.tensor(rewards, dtype=torch.float64),
-                    reward_timeouts=0, reward_errors=1)
+                    reward_timeouts=0, reward_errors=1, num_filtered=0, generation_tokens_per_s=1.0)
 
 
 def test_groups_whose_rewards_all_agree_are_dropped_in_order():

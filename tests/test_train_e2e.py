@@ -72,7 +72,7 @@ def test_two_rank_run_writes_everything(full_run):
     for key in ("reward/mean", "reward/pass_rate", "advantage/abs_mean_cv",
                 "advantage/w_max", "actor/loss", "actor/clip_frac_high", "actor/entropy", "actor/grad_norm",
                 "rollout/logprob_abs_diff", "actor/icepop_masked_frac", "reward/timeouts",
-                "response_length/mean", "time/rollout", "time/reward", "time/old_logprobs", "time/update",
+                "response_length/mean", "rollout/num_filtered_prompts", "rollout/tokens_per_s", "time/rollout", "time/reward", "time/old_logprobs", "time/update",
                 "time/sync"):
         assert all(key in r for r in records), key
     for r in records:

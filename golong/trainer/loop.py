@@ -71,6 +71,8 @@ class Rollouts:
     rewards: torch.Tensor  # (N,) float64, as scored
     reward_timeouts: int
     reward_errors: int
+    num_filtered: int  # prompts the engine refused: prompt + max_response_length > max_model_len
+    generation_tokens_per_s: float  # all ranks' generated tokens over the slowest rank's generate time
 
     def __len__(self) -> int:
         return len(self.example_index)
@@ -79,7 +81,8 @@ class Rollouts:
         idx = torch.tensor(rows, dtype=torch.long)
         return Rollouts([self.example_index[i] for i in rows], self.group_index[idx], self.task_index[idx],
                         [self.response_ids[i] for i in rows], [self.rollout_logprobs[i] for i in rows],
-                        self.truncated[rows], self.rewards[idx], self.reward_timeouts, self.reward_errors)
+                        self.truncated[rows], self.rewards[idx], self.reward_timeouts, self.reward_errors,
+                        self.num_filtered, self.generation_tokens_per_s)
 
 
 @dataclass
@@ -195,6 +198,8 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
         "rewards": list(scored.scores) if leader else [],
         "timeouts": sum(scored.timeouts.values()) if leader else 0,
         "errors": sum(scored.errors.values()) if leader else 0,
+        "filtered": batch.num_filtered if leader else 0,
+        "generated": (batch.num_tokens, batch.seconds) if leader else (0, 0.0),
     }
     parts = all_gather_objects(local, run.world)
     position = [p for part in parts for p in part["position"]]
@@ -211,6 +216,9 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
         rewards=torch.tensor([r for part in parts for r in part["rewards"]], dtype=torch.float64),
         reward_timeouts=sum(part["timeouts"] for part in parts),
         reward_errors=sum(part["errors"] for part in parts),
+        num_filtered=sum(part["filtered"] for part in parts),
+        generation_tokens_per_s=(sum(part["generated"][0] for part in parts)
+                                 / max(max(part["generated"][1] for part in parts), 1e-9)),
     )
 
 
@@ -229,7 +237,8 @@ def concat_rollouts(a: Rollouts, b: Rollouts) -> Rollouts:
                     torch.cat([a.task_index, b.task_index]), a.response_ids + b.response_ids,
                     a.rollout_logprobs + b.rollout_logprobs, np.concatenate([a.truncated, b.truncated]),
                     torch.cat([a.rewards, b.rewards]), a.reward_timeouts + b.reward_timeouts,
-                    a.reward_errors + b.reward_errors)
+                    a.reward_errors + b.reward_errors, a.num_filtered + b.num_filtered,
+                    min(a.generation_tokens_per_s, b.generation_tokens_per_s))
 
 
 def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
@@ -265,6 +274,8 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
         "response_length/max": float(lengths.max()),
         "response_length/min": float(lengths.min()),
         "response_length/truncated_ratio": float(rollouts.truncated.mean()),
+        "rollout/num_filtered_prompts": float(rollouts.num_filtered),
+        "rollout/tokens_per_s": rollouts.generation_tokens_per_s,
         "batch/prompts": float(len(set(rollouts.group_index.tolist()))),
         # Identifies the step's prompts: equal in a resumed and an uninterrupted run of the same recipe.
         "batch/fingerprint": float(zlib.crc32(np.asarray(sorted(set(rollouts.example_index)), dtype=np.int64).tobytes())),
