@@ -32,7 +32,6 @@ test-fast: install  ## the suite without the real-engine (slow) tests
 demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU ranks; writes runs/demo/
 	$(PYTHON) -m golong prepare-demo runs/demo-assets
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 --master_port=$(MASTER_PORT) -m golong train recipes/tiny-cpu.yaml $(ARGS)
-	$(PYTHON) -m golong plot runs/demo
 
 train-4b: install  ## Qwen3-4B with TMN-Reweight (RECIPE=recipes/qwen3-4b-grpo.yaml for plain GRPO)
 	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS)

@@ -65,6 +65,7 @@ class RolloutEngine:
         # The engine core must run in this process: weight sync hands it tensors by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)  # read by the CPU backend only
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its per-sync INFO lines would drown the progress bar
         from vllm import LLM
         from vllm.platforms import current_platform
 
