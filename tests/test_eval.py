@@ -82,3 +82,31 @@ def test_eval_report_with_the_tiny_model(tiny_model_path, tmp_path, capsys):
     assert printed[header].split() == ["task", "rows", "responses", "mean_score", "avg@G", "pass@1"]
     assert [line.split()[0] for line in printed[header + 1:header + 12]] == [f"T{i}" for i in range(1, 10)] + [
         "overall", "macro"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_eval_under_torchrun_shards_rows_and_gathers_every_score(tiny_model_path, tmp_path):
+    """Two ranks, each its own vLLM engine over half of the rows; rank 0 writes the whole report."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, free_port
+
+    files = [os.path.join(FIXTURES, "native.jsonl"), os.path.join(FIXTURES, "released.jsonl")]
+    out, samples = tmp_path / "report.json", tmp_path / "samples.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         "-m", "golong", "eval", "--model", tiny_model_path, "--data", *files, "--g", "2", "--max-tokens", "6",
+         "--gpu-memory-utilization", "0.3", "--out", str(out), "--samples-out", str(samples)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    report = json.loads(out.read_text())
+    assert report["overall"]["rows"] == 17 and report["overall"]["responses"] == 34
+    examples = load_examples(files, DataConfig()).examples
+    rows = [json.loads(line) for line in open(samples, encoding="utf-8")]
+    assert [r["id"] for r in rows] == [e.id for e in examples]  # every row, in file order, from both ranks
+    for r, e in zip(rows, examples):
+        assert len(r["responses"]) == 2
+        assert r["scores"] == [compute_score(e.reward_type, text, e.ground_truth) for text in r["responses"]]
