@@ -26,6 +26,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "Metrics sinks."})
 
     def validate(self) -> None:
+        if self.rollout.top_p < 1 and self.algorithm.icepop.mode != "off":
+            raise invalid("rollout.top_p", f"{self.rollout.top_p} truncates vLLM's sampling distribution, which the "
+                          "trainer does not (it applies the temperature only), so IcePop would mask tokens for a "
+                          "mismatch of its own making", "train with rollout.top_p=1.0 (section 5.1), or set "
+                          "algorithm.icepop.mode=off")
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")

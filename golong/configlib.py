@@ -83,6 +83,8 @@ def _coerce(value: Any, tp: Any, key: str, sources: _Sources) -> Any:
             return _coerce(value, inner[0], key, sources)
         raise TypeError(f"unsupported union type {tp} for {key}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `off`/`on`/`no`/`yes` as a boolean
+            value = next((a for a in args if isinstance(a, str) and yaml.safe_load(a) is value), value)
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

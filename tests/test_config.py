@@ -161,3 +161,17 @@ def _flatten(tree, prefix=""):
 def test_readme_config_reference_is_current():
     readme = open("README.md", encoding="utf-8").read()
     assert reference_markdown(Config) in readme, "regenerate the README table with `golong config-reference`"
+
+
+def test_top_p_below_one_with_icepop_is_refused():
+    with pytest.raises(ConfigError, match=r"rollout.top_p.*Fix:"):
+        load_config(None, BASE + ["rollout.top_p=0.95"])
+    assert load_config(None, BASE + ["rollout.top_p=0.95", "algorithm.icepop.mode=off"]).rollout.top_p == 0.95
+
+
+def test_yaml_booleans_map_back_to_off_for_choice_fields(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m}\nalgorithm: {icepop: {mode: off}}\n")  # YAML 1.1 reads `off` as false
+    assert load_config(str(recipe)).algorithm.icepop.mode == "off"
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(None, BASE + ["data.on_bad_row=true"])

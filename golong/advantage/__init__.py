@@ -5,7 +5,7 @@
     advantages = estimator(rewards, group_ids, task_ids)   # 1-D, one entry per response, float32
     estimator.last_stats.as_metrics()                      # {"advantage/abs_mean_cv": ..., ...}
 
-Write your own by subclassing `AdvantageEstimator` (see docs/advantage.md) and select it in YAML
+Write your own by subclassing `AdvantageEstimator` (see the README's "Write your own advantage estimator") and select it in YAML
 with `algorithm.advantage.name: package.module:ClassName`, or `@register("name")` it.
 """
 from golong.advantage.base import AdvantageEstimator, AdvantageStats

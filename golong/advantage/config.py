@@ -11,7 +11,7 @@ from typing import Any
 
 from golong.configlib import invalid, option
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:ClassName
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AdvantageConfig:
     def validate(self) -> None:
         if not self.name:
             raise invalid("name", "is empty", "name a registered estimator such as grpo or tmn_reweight")
-        if ":" in self.name and not _IMPORT_PATH.match(self.name):
+        if ":" in self.name and not IMPORT_PATH.match(self.name):
             raise invalid("name", f"{self.name!r} is not an import path of the form package.module:ClassName",
                           "write e.g. my_lab.advantages:LeaveOneOut")
         bad = [k for k in self.params if not isinstance(k, str)]

@@ -11,13 +11,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import re
 
 from golong.advantage.base import AdvantageEstimator
+from golong.advantage.config import IMPORT_PATH
 from golong.configlib import ConfigError
 
 _ESTIMATORS: dict[str, type[AdvantageEstimator]] = {}
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def register(name: str):
@@ -42,7 +41,7 @@ def registered_names() -> list[str]:
 
 
 def _import_estimator(path: str) -> type[AdvantageEstimator]:
-    if not _IMPORT_PATH.match(path):
+    if not IMPORT_PATH.match(path):
         raise ConfigError(f"advantage estimator {path!r}: an import path must look like package.module:ClassName")
     module_name, class_name = path.split(":")
     try:

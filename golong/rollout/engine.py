@@ -6,8 +6,9 @@ and each group is one engine that serves its own prompts (rollout data paralleli
 group must call `generate` with the same prompts; they get the same responses back.
 
 Token in, token out: prompts are token ids (chat-templated by golong/data), responses come back as
-the sampled ids with vLLM's processed log-probs (after temperature and top-p, which is what the
-trainer recomputes), so training uses exactly what was sampled; nothing is decoded and re-encoded.
+the sampled ids with vLLM's processed log-probs (after temperature and top-p; the trainer applies the
+temperature only, so training keeps top_p=1.0, which the config enforces while IcePop is on). Training
+uses exactly what was sampled; nothing is decoded and re-encoded.
 
 One step, as the training loop drives it (CUDA; on CPU the sleep/wake calls are no-ops):
 

@@ -62,10 +62,6 @@ class PackedMicroBatch:
         """Tokens the model computes for this micro-batch (fillers included)."""
         return self.input_ids.shape[1]
 
-    @property
-    def num_sequences(self) -> int:
-        return self.cu_seqlens.numel() - 1
-
     def to(self, device: torch.device) -> PackedMicroBatch:
         moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value)
                  for name, value in self.__dict__.items()}

@@ -37,8 +37,3 @@ def all_gather_objects(obj, world: World) -> list:
     out = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
-
-
-def barrier(world: World) -> None:
-    if world.size > 1:
-        dist.barrier()

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import yaml
 
 from golong import advantage as advantage_lib
 from golong.config import Config
-from golong.configlib import to_dict
+from golong.configlib import ConfigError, to_dict
 from golong.data.loader import load_examples
 from golong.data.prompts import PromptIds, encode_prompts, filter_long_prompts
 from golong.data.sampler import PromptSampler
@@ -100,6 +100,7 @@ class Run:
     scorer: RewardScorer
     estimator: advantage_lib.AdvantageEstimator
     agg_mode: str  # resolved loss aggregation (Eq. 3 / Eq. 4)
+    constant_norm_length: int  # Dr.GRPO's L (Eq. 3), used by agg_mode constant-norm
     next_group: int = 0  # group ids stay unique across dynamic-sampling rounds
 
 
@@ -111,7 +112,10 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     cfg, world, policy = run.cfg, run.world, run.policy
 
     # 1-3. prompts -> G responses each -> rewards (refilled when dynamic sampling drops groups)
-    rollouts = collect_rollouts(run, timer)
+    rollouts, sampled = collect_rollouts(run, timer)
+    if not len(rollouts):  # every prompt filtered, or (dynamic sampling) no group with differing rewards
+        logger.warning("step with nothing to train on (%d responses sampled): no update", len(sampled))
+        return {"batch/responses": 0.0, **(reward_metrics(run, sampled) if len(sampled) else {})}
     run.rollout.sleep()  # CUDA: free the engine's memory for training (a no-op on CPU)
 
     # 4. advantages over the whole batch (every rank computes the same)
@@ -121,8 +125,8 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     # 5. this rank's share, packed into micro-batches of at most micro_batch_max_tokens
     samples = to_train_samples(run, rollouts, advantages)
     plan = plan_micro_batches([s.num_tokens for s in samples], cfg.trainer.micro_batch_max_tokens, world.size)
-    my_samples = [samples[i] for mb in plan[world.rank] for i in mb]
-    micro_batches = [pack([samples[i] for i in mb]) for mb in plan[world.rank]]
+    my_samples = [samples[i] for indices in plan[world.rank] for i in indices]
+    micro_batches = [pack([samples[i] for i in indices]) for indices in plan[world.rank]]
 
     # 6. old log-probs: the trainer's view of the policy that sampled (and the reference's, for KL)
     with timer.phase("old_logprobs"):
@@ -132,11 +136,10 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
                 mb.ref_logprobs = policy.ref_logprobs(mb)
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
-    denom = LossDenominator.build(my_samples, run.agg_mode,
-                                  cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
+    denom = LossDenominator.build(my_samples, run.agg_mode, run.constant_norm_length)
+    loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
     with timer.phase("update"):
         for _ in range(cfg.algorithm.ppo_epochs):
-            loss_stats = PolicyLossStats()
             for mb in micro_batches:
                 loss_stats = loss_stats + policy.forward_backward(mb, denom)
             step_stats = policy.optimizer_step()
@@ -148,7 +151,9 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         run.rollout.wake_up_kv_cache()
 
     return {
-        **reward_metrics(run, rollouts),
+        **reward_metrics(run, sampled),
+        "batch/trained_prompts": float(len(set(rollouts.group_index.tolist()))),
+        "batch/trained_responses": float(len(rollouts)),
         **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
         **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
@@ -158,23 +163,49 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     }
 
 
-def collect_rollouts(run: Run, timer: PhaseTimer) -> Rollouts:
-    """A batch of scored groups. With dynamic sampling (DAPO), groups whose rewards all agree carry
-    no learning signal: they are dropped and the batch is refilled with new prompts, for at most
-    max_refill_rounds extra rounds, then trimmed to data.prompts_per_step groups."""
+def collect_rollouts(run: Run, timer: PhaseTimer) -> tuple[Rollouts, Rollouts]:
+    """(groups to train on, every group sampled). With dynamic sampling (DAPO), groups whose rewards
+    all agree carry no learning signal: they are dropped and the batch is refilled with new prompts,
+    for at most max_refill_rounds extra rounds, then trimmed to data.prompts_per_step groups. The
+    reward metrics read every sampled group, so they are not biased by the filter."""
     cfg = run.cfg
-    rollouts = generate_and_score(run, run.sampler.next_batch(), timer)
+    sampled = generate_round(run, timer)
     if not cfg.algorithm.dynamic_sampling:
-        return rollouts
-    kept = informative_groups(rollouts)
+        return sampled, sampled
+    kept = informative_groups(sampled)
     for _ in range(cfg.algorithm.max_refill_rounds):
         if len(set(kept.group_index.tolist())) >= cfg.data.prompts_per_step:
             break
-        more = informative_groups(generate_and_score(run, run.sampler.next_batch(), timer))
-        kept = concat_rollouts(kept, more)
-    groups = sorted(set(kept.group_index.tolist()))[: cfg.data.prompts_per_step]
-    chosen = set(groups)
-    return kept.select([i for i, g in enumerate(kept.group_index.tolist()) if g in chosen])
+        more = generate_round(run, timer)
+        sampled = concat_rollouts(sampled, more)
+        kept = concat_rollouts(kept, informative_groups(more))
+    chosen = set(sorted(set(kept.group_index.tolist()))[: cfg.data.prompts_per_step])
+    return kept.select([i for i, g in enumerate(kept.group_index.tolist()) if g in chosen]), sampled
+
+
+@dataclass
+class RankRollouts:
+    """What one rank contributes to a round of generation (nothing on non-leading tensor-parallel ranks,
+    whose engine returned the same responses as their group's first rank). n responses."""
+
+    position: list[int] = field(default_factory=list)  # (n,) position of each response's prompt in the round's rows
+    response_ids: list[np.ndarray] = field(default_factory=list)  # (n,) each (L_i,) int32
+    logprobs: list[np.ndarray] = field(default_factory=list)  # (n,) each (L_i,) float32
+    truncated: list[bool] = field(default_factory=list)  # (n,)
+    rewards: list[float] = field(default_factory=list)  # (n,)
+    timeouts: int = 0
+    errors: int = 0
+    filtered: int = 0  # prompts the engine refused
+    generated_tokens: int = 0
+    generate_seconds: float = 0.0
+
+
+def generate_round(run: Run, timer: PhaseTimer) -> Rollouts:
+    """One batch of prompts from the sampler, generated and scored; group ids stay unique across rounds."""
+    rows = run.sampler.next_batch()
+    rollouts = generate_and_score(run, rows, timer)
+    run.next_group += len(rows)
+    return rollouts
 
 
 def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts:
@@ -183,42 +214,37 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
     mine = list(range(rollout.dp_rank, len(rows), rollout.dp_size))  # positions in `rows`
     with timer.phase("rollout"):
         batch = rollout.generate([data.prompts[rows[p]] for p in mine])
-    with timer.phase("reward"):
-        texts = [response_text(run.tokenizer, ids, run.stop_ids) for ids in batch.response_ids]
-        items = [ScoreItem(data.examples[rows[mine[k]]].reward_type, text, data.examples[rows[mine[k]]].ground_truth)
-                 for k, text in zip(batch.prompt_index, texts)]
-        scored = run.scorer.score(items)
-    # Ranks of one tensor-parallel group hold the same responses: only the group's first rank sends them.
-    leader = run.world.rank % run.cfg.rollout.tensor_parallel_size == 0
-    local = {
-        "position": [mine[k] for k in batch.prompt_index] if leader else [],
-        "response_ids": [np.asarray(r, dtype=np.int32) for r in batch.response_ids] if leader else [],
-        "logprobs": [np.asarray(lp, dtype=np.float32) for lp in batch.logprobs] if leader else [],
-        "truncated": list(batch.truncated) if leader else [],
-        "rewards": list(scored.scores) if leader else [],
-        "timeouts": sum(scored.timeouts.values()) if leader else 0,
-        "errors": sum(scored.errors.values()) if leader else 0,
-        "filtered": batch.num_filtered if leader else 0,
-        "generated": (batch.num_tokens, batch.seconds) if leader else (0, 0.0),
-    }
+    local = RankRollouts()
+    if run.world.rank % run.cfg.rollout.tensor_parallel_size == 0:  # the first rank of its TP group
+        with timer.phase("reward"):
+            examples = [data.examples[rows[mine[k]]] for k in batch.prompt_index]
+            scored = run.scorer.score([
+                ScoreItem(ex.reward_type, response_text(run.tokenizer, ids, run.stop_ids), ex.ground_truth)
+                for ex, ids in zip(examples, batch.response_ids)])
+        local = RankRollouts(
+            position=[mine[k] for k in batch.prompt_index],
+            response_ids=[np.asarray(r, dtype=np.int32) for r in batch.response_ids],
+            logprobs=[np.asarray(lp, dtype=np.float32) for lp in batch.logprobs],
+            truncated=list(batch.truncated), rewards=list(scored.scores),
+            timeouts=sum(scored.timeouts.values()), errors=sum(scored.errors.values()),
+            filtered=batch.num_filtered, generated_tokens=batch.num_tokens, generate_seconds=batch.seconds)
     parts = all_gather_objects(local, run.world)
-    position = [p for part in parts for p in part["position"]]
+
+    position = [p for part in parts for p in part.position]
     task_of = {t: i for i, t in enumerate(data.tasks)}
-    group_index = torch.tensor([run.next_group + p for p in position], dtype=torch.long)
-    run.next_group += len(rows)
     return Rollouts(
         example_index=[rows[p] for p in position],
-        group_index=group_index,
+        group_index=torch.tensor([run.next_group + p for p in position], dtype=torch.long),
         task_index=torch.tensor([task_of[data.examples[rows[p]].task] for p in position], dtype=torch.long),
-        response_ids=[r for part in parts for r in part["response_ids"]],
-        rollout_logprobs=[lp for part in parts for lp in part["logprobs"]],
-        truncated=np.array([t for part in parts for t in part["truncated"]], dtype=bool),
-        rewards=torch.tensor([r for part in parts for r in part["rewards"]], dtype=torch.float64),
-        reward_timeouts=sum(part["timeouts"] for part in parts),
-        reward_errors=sum(part["errors"] for part in parts),
-        num_filtered=sum(part["filtered"] for part in parts),
-        generation_tokens_per_s=(sum(part["generated"][0] for part in parts)
-                                 / max(max(part["generated"][1] for part in parts), 1e-9)),
+        response_ids=[r for part in parts for r in part.response_ids],
+        rollout_logprobs=[lp for part in parts for lp in part.logprobs],
+        truncated=np.array([t for part in parts for t in part.truncated], dtype=bool),
+        rewards=torch.tensor([r for part in parts for r in part.rewards], dtype=torch.float64),
+        reward_timeouts=sum(part.timeouts for part in parts),
+        reward_errors=sum(part.errors for part in parts),
+        num_filtered=sum(part.filtered for part in parts),
+        generation_tokens_per_s=(sum(part.generated_tokens for part in parts)
+                                 / max(max(part.generate_seconds for part in parts), 1e-9)),
     )
 
 
@@ -312,9 +338,11 @@ def load_prompt_set(cfg: Config, tokenizer, world: World) -> PromptSet:
         logger.info("data: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
                     len(kept.examples), loaded.task_counts(), kept.num_dropped, cfg.data.max_prompt_length,
                     loaded.num_bad_rows_skipped)
-    if not kept.examples:
-        raise ValueError(f"no training prompts left: all {len(loaded.examples)} are longer than "
-                         f"data.max_prompt_length={cfg.data.max_prompt_length}; raise it or shorten the data")
+    if len(kept.examples) < cfg.data.prompts_per_step:
+        raise ConfigError(f"data.prompts_per_step={cfg.data.prompts_per_step}: only {len(kept.examples)} of "
+                          f"{len(loaded.examples)} prompts are at most data.max_prompt_length="
+                          f"{cfg.data.max_prompt_length} tokens. Fix: raise data.max_prompt_length, add data, "
+                          f"or lower data.prompts_per_step")
     return PromptSet(kept.examples, kept.prompts, sorted({e.task for e in kept.examples}), kept.num_dropped,
                      loaded.num_bad_rows_skipped)
 
@@ -325,8 +353,13 @@ def train(cfg: Config) -> None:
 
     logging.basicConfig(level=logging.INFO, format="[golong] %(message)s")
     world = init_world()
-    torch.manual_seed(cfg.trainer.seed)
     out_dir = cfg.trainer.output_dir
+    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last)
+    latest = all_gather_objects(checkpointer.latest(), world)[0]  # rank 0 decides: every rank loads the same
+    if latest and not cfg.trainer.resume:
+        raise ConfigError(f"trainer.resume: false, but {out_dir} holds checkpoints of another run ({latest}); its "
+                          "newer steps would replace this run's. Fix: set trainer.resume=true to continue it, or "
+                          "choose a new trainer.output_dir")
     if world.is_main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -337,41 +370,47 @@ def train(cfg: Config) -> None:
     sampler = PromptSampler(len(data.examples), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
     total_steps = cfg.trainer.total_steps or cfg.trainer.total_epochs * sampler.steps_per_epoch
     estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
+    agg_mode = resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg)
     policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop, cfg.rollout.temperature)
     rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len)
-    run = Run(cfg, world, tokenizer, stop_token_ids(cfg.model.path, tokenizer), data, sampler, policy, rollout, RewardScorer(cfg.reward), estimator,
-              resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg))
+    torch.manual_seed(cfg.trainer.seed)  # after vLLM, which reseeds the global generators with rollout.seed
+    run = Run(cfg=cfg, world=world, tokenizer=tokenizer, stop_ids=stop_token_ids(cfg.model.path, tokenizer),
+              data=data, sampler=sampler, policy=policy, rollout=rollout, scorer=RewardScorer(cfg.reward),
+              estimator=estimator, agg_mode=agg_mode,
+              constant_norm_length=cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
+    metrics = None
+    try:
+        start = 0
+        if latest:
+            state = checkpointer.load(latest, policy.ds_engine)
+            sampler.load_state_dict(state.sampler)
+            run.next_group = state.extra.get("next_group", 0)
+            start = state.step
+            logger.info("resuming from %s: step %d of %d", latest, start, total_steps)
+            rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
 
-    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last)
-    start = 0
-    latest = checkpointer.latest() if cfg.trainer.resume else None
-    if latest:
-        state = checkpointer.load(latest, policy.ds_engine)
-        sampler.load_state_dict(state.sampler)
-        run.next_group = state.extra.get("next_group", 0)
-        start = state.step
-        logger.info("resuming from %s: step %d of %d", latest, start, total_steps)
-        rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
+        metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total_steps,
+                                start_step=start)
+        for step in range(start + 1, total_steps + 1):
+            timer = PhaseTimer()
+            with timer.phase("step"):
+                step_metrics = train_step(run, timer)
+            metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
+                               "data/dropped_long_prompts": float(data.num_dropped_long)})
+            if step == total_steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                checkpointer.save(policy.ds_engine, RunState(step, sampler.state_dict(), {"next_group": run.next_group}))
 
-    metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total_steps, start_step=start)
-    for step in range(start + 1, total_steps + 1):
-        timer = PhaseTimer()
-        with timer.phase("step"):
-            step_metrics = train_step(run, timer)
-        metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
-                           "data/dropped_long_prompts": float(data.num_dropped_long)})
-        if step == total_steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
-            checkpointer.save(policy.ds_engine, RunState(step, sampler.state_dict(), {"next_group": run.next_group}))
-
-    if cfg.trainer.export_hf:
-        export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"))
-    metrics.close()
+        if cfg.trainer.export_hf:
+            export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"))
+    finally:
+        if metrics is not None:
+            metrics.close()
+        for component in (policy, rollout, run.scorer):  # the engine first: vLLM tears down the process group
+            component.close()
     if world.is_main and cfg.logging.plot:
         from golong.plot import plot_run
 
         logger.info("reward curves: %s", plot_run(out_dir))
-    for component in (policy, rollout, run.scorer):  # the engine first: vLLM tears down the process group
-        component.close()
 
 
 def export_checkpoint(run_dir: str, out: str | None = None) -> str:
@@ -383,7 +422,7 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
     from golong.config import load_config
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    latest = Checkpointer(os.path.join(run_dir), cfg.trainer.keep_last).latest()
+    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest()
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
     root, tag = os.path.split(latest)
@@ -397,5 +436,5 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
         raise RuntimeError(f"checkpoint {latest} does not match {cfg.model.path}: missing "
                            f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {loaded.unexpected_keys[:5]}")
     out = out or os.path.join(run_dir, "hf")
-    export_hf(model, AutoTokenizer.from_pretrained(cfg.model.path), out)
+    export_hf(model, AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code), out)
     return out
