@@ -146,6 +146,10 @@ def test_latest_ignores_and_removes_half_written_checkpoints(tmp_path):
     (ckpts / ".tmp-step_000006").mkdir()  # killed while DeepSpeed wrote the shards
     fake_checkpoint(tmp_path, 8, complete=False)  # a step folder without its completion marker
     (ckpts / LATEST_FILE).write_text("step_000004")
+    everything = sorted(os.listdir(ckpts))
+    # A reader (golong export) of a folder a run may still be writing to finds the same checkpoint, touching nothing.
+    assert Checkpointer(str(tmp_path), keep_last=2).latest(clean_up=False) == str(ckpts / "step_000004")
+    assert sorted(os.listdir(ckpts)) == everything
     assert Checkpointer(str(tmp_path), keep_last=2).latest() == str(ckpts / "step_000004")
     assert sorted(os.listdir(ckpts)) == [LATEST_FILE, "step_000002", "step_000004"]
 

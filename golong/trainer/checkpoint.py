@@ -138,17 +138,18 @@ class Checkpointer:
                 found[int(match.group(1))] = os.path.join(self.root, name)
         return found
 
-    def latest(self) -> str | None:
+    def latest(self, clean_up: bool = True) -> str | None:
         """The newest complete checkpoint folder, or None when there is none.
 
         Found by listing the folders, not by trusting the `latest` pointer (which may name a deleted folder).
-        On rank 0 this also removes what a killed save left behind (`.tmp-*` folders, step folders without
-        run_state.json) and repoints `latest`; call it where no save is in flight (at start-up).
+        With `clean_up`, rank 0 also removes what a killed save left behind (`.tmp-*` folders, step folders
+        without run_state.json) and repoints `latest`: only where no save is in flight (a run's start-up).
+        Readers of a folder another run may be writing to (`golong export`) pass clean_up=False.
         """
         complete = self._complete_steps()
         newest = complete[max(complete)] if complete else None
         rank, _ = _rank_and_world()
-        if rank == 0 and os.path.isdir(self.root):
+        if clean_up and rank == 0 and os.path.isdir(self.root):
             for name in os.listdir(self.root):
                 path = os.path.join(self.root, name)
                 half_written = name.startswith(TMP_PREFIX) or (_STEP_DIR.match(name) and path not in complete.values())

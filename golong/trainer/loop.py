@@ -422,7 +422,7 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
     from golong.config import load_config
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest()
+    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest(clean_up=False)  # the run may still be saving
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
     root, tag = os.path.split(latest)
