@@ -63,17 +63,23 @@ class DecontaminationResult:
     dropped_row_numbers: list[int]  # rows of the training file that were dropped
 
 
+def question_ngrams(path: str, n: int, field: str) -> Iterator[tuple[int, Iterator[tuple[str, ...]]]]:
+    """(row number, the n-grams of its question) for every row of `path`; a bad row raises DataError."""
+    for row_no, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        question = row_question(row, field)
+        if question is None:
+            raise DataError(path, row_no, field, "missing or not a string (set --field)")
+        yield row_no, ngrams(ngram_tokens(question), n)
+
+
 def bench_ngrams(bench_files: list[str], n: int, field: str) -> dict[tuple[str, ...], set[int]]:
     """n-gram -> indices of the benchmark files whose questions contain it."""
     index: dict[tuple[str, ...], set[int]] = {}
     for b, path in enumerate(bench_files):
-        for row_no, row in read_rows(path):
-            if isinstance(row, DataError):
-                raise row
-            question = row_question(row, field)
-            if question is None:
-                raise DataError(path, row_no, field, "missing or not a string (set --field)")
-            for gram in ngrams(ngram_tokens(question), n):
+        for _, grams in question_ngrams(path, n, field):
+            for gram in grams:
                 index.setdefault(gram, set()).add(b)
     return index
 
@@ -90,14 +96,9 @@ def decontaminate(train_file: str, bench_files: list[str], out_file: str, n: int
     dropped_per_bench = {path: 0 for path in bench_files}
     dropped: list[int] = []
     kept: list[int] = []
-    for row_no, row in read_rows(train_file):
-        if isinstance(row, DataError):
-            raise row
-        question = row_question(row, field)
-        if question is None:
-            raise DataError(train_file, row_no, field, "missing or not a string (set --field)")
+    for row_no, grams in question_ngrams(train_file, n, field):
         hits: set[int] = set()
-        for gram in ngrams(ngram_tokens(question), n):
+        for gram in grams:
             hits |= index.get(gram, set())
         if hits:
             dropped.append(row_no)
