@@ -17,6 +17,7 @@ COMMON = [
     "matplotlib",
     "pyarrow",
     "pytest",
+    "openai",  # golong data synthesize/verify: any OpenAI-compatible chat endpoint (vLLM already depends on it)
 ]
 
 EXTRAS = {
@@ -32,6 +33,7 @@ setup(
     version="0.1.0",
     description="GoLongRL: capability-oriented long-context RL (GRPO, Dr.GRPO, TMN-Reweight) on DeepSpeed + vLLM",
     packages=find_packages(include=["golong", "golong.*"]),
+    package_data={"golong.data": ["synth_prompts/*.txt"]},  # appendix B prompts for `golong data synthesize`
     python_requires=">=3.10",
     install_requires=COMMON,
     extras_require=EXTRAS,

@@ -1,9 +1,11 @@
-"""`golong data validate|stats|decontaminate|calibrate`: the dataset tools (paper section 3.4).
+"""`golong data validate|stats|decontaminate|calibrate|synthesize|verify`: the dataset tools (paper section 3.4).
 
     golong data validate FILE [FILE ...]
     golong data stats FILE [FILE ...] [--model PATH] [--png PATH]
     golong data decontaminate --train FILE --bench FILE [FILE ...] --out FILE [--n 13] [--field question]
     golong data calibrate --train FILE --model PATH [--model2 PATH] [--g 8] --out FILE
+    golong data synthesize --docs DOCS.jsonl --subtask T2-a --model NAME --out QA.jsonl [--endpoint URL]
+    golong data verify --qa QA.jsonl --model NAME --out VERIFIED.jsonl [--endpoint URL]
 
 Each works on native rows and on released GoLongRL records alike. Also runnable as
 `python -m golong.data.cli ...`.
@@ -85,6 +87,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from golong.data.synth_jobs import llm_options
+    from golong.data.synthesize import default_rejects, load_subtask, synthesize
+
+    sub = load_subtask(args.subtask, args.task, args.prompt)
+    run = synthesize(args.docs, args.out, args.rejects or default_rejects(args.out), sub, llm_options(args),
+                     text_field=args.text_field, shared_prompt=args.shared_prompt or "B1_shared_instruction",
+                     limit=args.limit, progress=not args.no_progress)
+    print("\n".join(run.summary_lines()))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from golong.data.synth_jobs import llm_options
+    from golong.data.synthesize import default_rejects
+    from golong.data.verify import verify
+
+    run = verify(args.qa, args.out, args.rejects or default_rejects(args.out), llm_options(args),
+                 prompt=args.prompt or "B2_verify", limit=args.limit, progress=not args.no_progress)
+    print("\n".join(run.summary_lines()))
+    return 0
+
+
 def _add_commands(commands) -> None:
     from golong.eval import add_sampling_args
 
@@ -120,10 +145,30 @@ def _add_commands(commands) -> None:
     add_sampling_args(p, g=8, temperature=1.0, top_p=1.0)  # training-time sampling (section 5.1), G = 8
     p.set_defaults(func=_reported(cmd_calibrate))
 
+    from golong.data.synth_jobs import add_llm_args
+
+    p = commands.add_parser("synthesize", help="three QA rows per document from a synthesis model (appendix B.1, B.3-B.11)")
+    p.add_argument("--docs", required=True, help="documents (.jsonl or .parquet), one per row: id, text, source?")
+    p.add_argument("--out", required=True, help="native QA rows (.jsonl), appended to and resumed")
+    p.add_argument("--task", help="T1..T9 (enough for T1 and T5, which have one prompt each)")
+    p.add_argument("--subtask", help="appendix B subtask prompt, e.g. T2-a (see golong/data/synth_prompts/)")
+    p.add_argument("--prompt", help="your own subtask prompt file (Primary Task: ... Secondary Task: ...), with --task")
+    p.add_argument("--shared-prompt", help="your own shared instruction file instead of appendix B.1's")
+    p.add_argument("--text-field", default="text", help="document field holding the text (default text, then context)")
+    add_llm_args(p, max_tokens=8192)
+    p.set_defaults(func=_reported(cmd_synthesize))
+
+    p = commands.add_parser("verify", help="PASS/REJECT each QA row with a verifier model (appendix B.2)")
+    p.add_argument("--qa", required=True, help="QA rows from synthesize (.jsonl or .parquet)")
+    p.add_argument("--out", required=True, help="PASS rows (.jsonl), appended to and resumed")
+    p.add_argument("--prompt", help="your own verification prompt file instead of appendix B.2's")
+    add_llm_args(p, max_tokens=4096)
+    p.set_defaults(func=_reported(cmd_verify))
+
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
-    """Register `golong data validate|stats|decontaminate|calibrate` on an argparse subparsers object."""
-    data = subparsers.add_parser("data", help="dataset tools: validate, stats, decontaminate, calibrate",
+    """Register `golong data validate|stats|decontaminate|calibrate|synthesize|verify` on an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="dataset tools: validate, stats, decontaminate, calibrate, synthesize, verify",
                                  description=__doc__.split("\n\n")[0])
     _add_commands(data.add_subparsers(dest="data_command", required=True))
     return data
