@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,7 +19,6 @@ from golong.data import cli
 from golong.data.synth_jobs import LengthBin, ResumableOutput, model_for, parse_bins
 from golong.data.synthesize import (
     SUBTASKS,
-    Malformed,
     generation_prompt,
     ideal_response,
     load_subtask,

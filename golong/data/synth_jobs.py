@@ -333,16 +333,62 @@ def _collect(pending: dict[Future, str], output: ResumableOutput, counts: Counte
         bar.update(1)
 
 
-def usage_counts(reply: Reply, model: str) -> Counter:
-    return Counter({"requests_ok": 1, "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens, f"model:{model}": 1})
+def run_llm_job(
+    opts: LLMOptions,
+    output: ResumableOutput,
+    units: Iterable[tuple[str, object]],
+    text_of: Callable[[object], str],
+    prompt_of: Callable[[object], str],
+    handle: Callable[[object, str, Reply], UnitResult],
+    *,
+    limit: int | None,
+    total: int | None,
+    progress: bool,
+    desc: str,
+) -> Counter:
+    """The frame of both commands: route each unit not done yet to its model by the length of
+    `text_of(payload)`, send `prompt_of(payload)`, and let `handle(payload, model, reply)` turn the reply
+    into rows and rejects. A request that fails after the client's retries becomes a `request` reject
+    and stays undone; tokens and requests are counted here."""
+    import openai
 
+    client = ChatClient(opts)
+    length = LengthCounter(opts.tokenizer)
+    counts: Counter = Counter()
 
-def request_failure(error: Exception, retries: int) -> str:
-    """The reason recorded for a request that failed after the client's retries."""
-    status = getattr(error, "status_code", None)
-    what = f"HTTP {status}" if status else type(error).__name__
-    return f"request failed after {retries} retries ({what}): {str(error)[:300]}"
+    def routed():
+        for unit, payload in units:
+            if unit in output.done:
+                yield unit, None  # run_units counts it as done; no need to measure it
+                continue
+            model = model_for(length(text_of(payload)), opts.bins, opts.model)
+            if model is None:
+                counts["outside_bins"] += 1
+                continue
+            yield unit, (unit, payload, model)
+
+    def work(job) -> UnitResult:
+        unit, payload, model = job
+        try:
+            reply = client.chat(model, prompt_of(payload))
+        except openai.APIError as e:  # after the client's retries (timeouts and connection errors included)
+            status = getattr(e, "status_code", None)
+            reason = (f"request failed after {opts.max_retries} retries "
+                      f"({f'HTTP {status}' if status else type(e).__name__}): {str(e)[:300]}")
+            reject = {output.key: unit, "model": model, "stage": "request", "reason": reason}
+            return UnitResult([], [reject], Counter(requests_failed=1), done=False)
+        result = handle(payload, model, reply)
+        result.counts.update({"requests_ok": 1, "prompt_tokens": reply.prompt_tokens,
+                              "completion_tokens": reply.completion_tokens, f"model:{model}": 1})
+        if reply.finish_reason == "length":
+            result.counts["replies_truncated"] += 1
+            for r in result.rejects:
+                r["reason"] += f" (the reply was cut at --max-tokens {opts.max_tokens})"
+        return result
+
+    counts += run_units(routed(), work, output, opts.concurrency, limit=limit, total=total, progress=progress,
+                        desc=desc)
+    return counts
 
 
 def strip_reasoning(text: str) -> str:
@@ -356,8 +402,8 @@ def common_summary(counts: Counter, output: ResumableOutput, unit_name: str) -> 
     lines = [
         f"{unit_name}: {counts['units_started']} processed this run, {counts['units_skipped_done']} already done "
         f"(skipped), {len(output.done)} done in all",
-        f"requests: {counts['requests_ok']} answered, {counts['requests_failed']} failed after retries "
-        f"(recorded in {output.rejects}; re-run to retry them)",
+        f"requests: {counts['requests_ok']} answered, {counts['requests_failed']} failed after retries"
+        + (f" (recorded in {output.rejects}; re-run to retry them)" if counts["requests_failed"] else ""),
         f"tokens used: {counts['prompt_tokens']} prompt + {counts['completion_tokens']} completion = "
         f"{counts['prompt_tokens'] + counts['completion_tokens']}",
     ]

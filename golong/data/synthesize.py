@@ -28,18 +28,14 @@ from importlib import resources
 from typing import Any
 
 from golong.data.synth_jobs import (
-    ChatClient,
-    LengthCounter,
     LLMOptions,
+    Reply,
     ResumableOutput,
     UnitResult,
     common_summary,
     count_lines,
-    model_for,
-    request_failure,
-    run_units,
+    run_llm_job,
     strip_reasoning,
-    usage_counts,
 )
 
 QUESTIONS_PER_DOCUMENT = 3  # appendix B.1: "create three questions"
@@ -387,48 +383,21 @@ class SynthesisRun:
 def synthesize(docs: str, out: str, rejects: str, sub: SubtaskPrompt, opts: LLMOptions, *, text_field: str = "text",
                shared_prompt: str = "B1_shared_instruction", limit: int | None = None,
                progress: bool = True) -> SynthesisRun:
-    import openai
-
     from golong.rewards import TASK_TO_REWARD
 
     reward_type = TASK_TO_REWARD[sub.task]
     shared, _ = read_prompt(shared_prompt)
     reply_format, _ = read_prompt("reply_format_generate")
-    client = ChatClient(opts)
-    length = LengthCounter(opts.tokenizer)
     output = ResumableOutput(out, rejects, key="doc_id")
-    counts: Counter = Counter()
 
-    def routed():
-        for doc_id, doc in read_documents(docs, text_field):
-            if doc_id in output.done:
-                yield doc_id, None  # counted as done by run_units without measuring it
-                continue
-            model = model_for(length(doc["text"]), opts.bins, opts.model)
-            if model is None:
-                counts["outside_bins"] += 1
-                continue
-            yield doc_id, (doc, model)
+    def handle(doc: dict, model: str, reply: Reply) -> UnitResult:
+        rows, rejected, counts = parse_reply(reply.text, doc, sub, reward_type, model, out)
+        return UnitResult(rows, rejected, counts)
 
-    def work(payload) -> UnitResult:
-        doc, model = payload
-        prompt = generation_prompt(doc["text"], sub, reward_type, shared, reply_format)
-        try:
-            reply = client.chat(model, prompt)
-        except openai.APIError as e:  # after the client's retries (timeouts and connection errors included)
-            reason = request_failure(e, opts.max_retries)
-            return UnitResult([], [{"doc_id": doc["id"], "model": model, "stage": "request", "reason": reason}],
-                              Counter(requests_failed=1), done=False)
-        rows, rejected, c = parse_reply(reply.text, doc, sub, reward_type, model, out)
-        c.update(usage_counts(reply, model))
-        if reply.finish_reason == "length":
-            c["replies_truncated"] += 1
-            for r in rejected:
-                r["reason"] += f" (the reply was cut at --max-tokens {opts.max_tokens})"
-        return UnitResult(rows, rejected, c)
-
-    counts += run_units(routed(), work, output, opts.concurrency, limit=limit, total=count_lines(docs),
-                        progress=progress, desc="documents")
+    counts = run_llm_job(
+        opts, output, read_documents(docs, text_field), text_of=lambda doc: doc["text"],
+        prompt_of=lambda doc: generation_prompt(doc["text"], sub, reward_type, shared, reply_format),
+        handle=handle, limit=limit, total=count_lines(docs), progress=progress, desc="documents")
     return SynthesisRun(counts=counts, output=output)
 
 

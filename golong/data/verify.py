@@ -17,18 +17,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from golong.data.synth_jobs import (
-    ChatClient,
-    LengthCounter,
     LLMOptions,
+    Reply,
     ResumableOutput,
     UnitResult,
     common_summary,
     count_lines,
-    model_for,
-    request_failure,
-    run_units,
+    run_llm_job,
     strip_reasoning,
-    usage_counts,
 )
 from golong.data.synthesize import fill, read_prompt
 
@@ -141,53 +137,30 @@ class VerificationRun:
 
 def verify(qa: str, out: str, rejects: str, opts: LLMOptions, *, prompt: str = "B2_verify",
            limit: int | None = None, progress: bool = True) -> VerificationRun:
-    import openai
-
     template, _ = read_prompt(prompt)
     reply_format, _ = read_prompt("reply_format_verify")
-    client = ChatClient(opts)
-    length = LengthCounter(opts.tokenizer)
     output = ResumableOutput(out, rejects, key="id")
-    counts: Counter = Counter()
 
-    def routed():
-        for row_id, row in read_qa(qa):
-            if row_id in output.done:
-                yield row_id, None
-                continue
-            model = model_for(length(row["context"]), opts.bins, opts.model)
-            if model is None:
-                counts["outside_bins"] += 1
-                continue
-            yield row_id, (row, model)
-
-    def work(payload) -> UnitResult:
-        row, model = payload
-        brief = {k: v for k, v in row.items() if k != "context"}  # rejects stay readable: no document
-        try:
-            reply = client.chat(model, verification_prompt(row, template, reply_format))
-        except openai.APIError as e:  # after the client's retries (timeouts and connection errors included)
-            reason = request_failure(e, opts.max_retries)
-            return UnitResult([], [{"id": row["id"], "model": model, "stage": "request", "reason": reason}],
-                              Counter(requests_failed=1), done=False)
-        c = usage_counts(reply, model)
+    def handle(row: dict, model: str, reply: Reply) -> UnitResult:
+        counts: Counter = Counter()
         v = parse_verdict(reply.text)
         if v.verdict == "PASS":
-            c["pass"] += 1
-            return UnitResult([{**row, "verification": {"verdict": "PASS", "model": model}}], [], c)
+            counts["pass"] += 1
+            return UnitResult([{**row, "verification": {"verdict": "PASS", "model": model}}], [], counts)
         if v.verdict == "REJECT":
-            c["reject"] += 1
-            c.update("failed:" + name for name in v.failed_checks)
+            counts["reject"] += 1
+            counts.update("failed:" + name for name in v.failed_checks)
             reason = "REJECT: " + ", ".join(v.failed_checks)
         else:
-            c["verdict_unparsed"] += 1
+            counts["verdict_unparsed"] += 1
             reason = "no verdict (PASS or REJECT) found in the verifier's reply"
-            if reply.finish_reason == "length":
-                reason += f" (the reply was cut at --max-tokens {opts.max_tokens})"
+        brief = {key: value for key, value in row.items() if key != "context"}  # rejects stay readable: no document
         reject = {**brief, "stage": "verdict", "model": model, "verdict": v.verdict,
                   "failed_checks": v.failed_checks if v.verdict else [], "reason": reason, "reply": v.explanation}
-        return UnitResult([], [reject], c)
+        return UnitResult([], [reject], counts)
 
-    counts += run_units(routed(), work, output, opts.concurrency, limit=limit, total=count_lines(qa),
-                        progress=progress, desc="rows")
+    counts = run_llm_job(
+        opts, output, read_qa(qa), text_of=lambda row: row["context"],
+        prompt_of=lambda row: verification_prompt(row, template, reply_format),
+        handle=handle, limit=limit, total=count_lines(qa), progress=progress, desc="rows")
     return VerificationRun(counts=counts, output=output)
