@@ -465,6 +465,18 @@ def test_verify_drops_rejected_rows_and_records_the_failed_checks(tmp_path, serv
     assert "rows: 0 processed this run, 3 already done" in capsys.readouterr().out
 
 
+def test_limit_makes_a_trial_run_that_a_full_run_continues(tmp_path, server, capsys):
+    names = ["a", "b", "c"]
+    server.script = {n: [("reply", mc_reply(n))] for n in names}
+    docs = write_docs(tmp_path / "docs.jsonl", names)
+    out = tmp_path / "qa.jsonl"
+    assert cli.main(synth_args(server, docs, out, "--limit", "1", "--concurrency", "1")) == 0
+    assert len(server.requests) == 1 and len(read_jsonl(str(out) + ".done")) == 1
+    assert cli.main(synth_args(server, docs, out)) == 0
+    assert "documents: 2 processed this run, 1 already done" in capsys.readouterr().out
+    assert sorted(n for _, n, _ in server.requests) == names and len(read_jsonl(out)) == 9
+
+
 def test_cli_errors_are_one_line(tmp_path, server, capsys):
     docs = write_docs(tmp_path / "docs.jsonl", ["x"])
     assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--task", "T3"]) == 1

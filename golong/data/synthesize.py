@@ -74,7 +74,7 @@ def read_prompt(name_or_path: str) -> tuple[str, str]:
         with open(name_or_path, encoding="utf-8") as f:
             text, origin = f.read(), name_or_path
     else:
-        file = resources.files("golong.data").joinpath("synth_prompts", f"{name_or_path}.txt")
+        file = resources.files("golong.data").joinpath("synth_prompts").joinpath(f"{name_or_path}.txt")
         if not file.is_file():
             raise ValueError(f"no prompt {name_or_path!r}: give a file path, or one of the packaged subtasks "
                              f"{', '.join(SUBTASKS)}")
