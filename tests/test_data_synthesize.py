@@ -316,7 +316,7 @@ def test_synthesize_rows_validate_and_rejects_keep_the_reason(tmp_path, server, 
     assert "questions: 6 generated, 4 parsed into rows, 2 malformed; 1 replies unparseable" in summary
     assert "tokens used: 300 prompt + 30 completion = 330" in summary
     rows = read_jsonl(out)
-    assert [r["id"] for r in rows if r["doc_id"] == "good"] == ["good-q1", "good-q2", "good-q3"]
+    assert [r["id"] for r in rows if r["doc_id"] == "good"] == ["good-T2-a-q1", "good-T2-a-q2", "good-T2-a-q3"]
     assert [r["answer"] for r in rows if r["doc_id"] == "good"] == ["B", "C", "D"]  # B, (C), "D. the owl"
     good = next(r for r in rows if r["doc_id"] == "good")  # documents finish in any order (8 at once)
     assert good["task"] == "T2" and good["reward_type"] == "accuracy" and good["source"] == "unit-test"
@@ -381,6 +381,19 @@ def test_resume_drops_lines_of_unfinished_units(tmp_path):
     assert open(out + ".done").read() == '{"unit": "a", "generated": 3}\n'
     with pytest.raises(ValueError, match="--out .*qa.parquet: must be a .jsonl file"):
         ResumableOutput(str(tmp_path / "qa.parquet"), rejects, key="doc_id")
+
+
+def test_an_output_is_resumed_only_by_the_same_subtask(tmp_path, server, capsys):
+    server.script = {"a": [("reply", mc_reply("a"))]}
+    docs = write_docs(tmp_path / "docs.jsonl", ["a"])
+    out = tmp_path / "qa.jsonl"
+    assert cli.main(synth_args(server, docs, out)) == 0
+    assert json.loads(open(str(out) + ".done").readline())["subtask"] == "T2-a"
+    other = synth_args(server, docs, out)
+    other[other.index("T2-a")] = "T2-b"
+    assert cli.main(other) == 1
+    assert "was written with subtask 'T2-a', not 'T2-b'; give this run its own --out" in capsys.readouterr().err
+    assert len(server.requests) == 1
 
 
 def test_killed_run_resumes_without_duplicates(tmp_path):
@@ -449,12 +462,12 @@ def test_verify_drops_rejected_rows_and_records_the_failed_checks(tmp_path, serv
     assert ("verdicts: PASS 1, REJECT 1 (failed checks: Distractor Quality 1, Hallucination Detection 1), "
             "no readable verdict 1") in summary
     kept = read_jsonl(out)
-    assert [r["id"] for r in kept] == ["g-q1"] and kept[0]["verification"] == {"verdict": "PASS", "model": "judge"}
+    assert [r["id"] for r in kept] == ["g-T2-a-q1"] and kept[0]["verification"] == {"verdict": "PASS", "model": "judge"}
     assert cli.main(["validate", str(out)]) == 0
     rejects = {r["id"]: r for r in read_jsonl(tmp_path / "verified.rejects.jsonl")}
-    assert rejects["g-q2"]["failed_checks"] == ["Distractor Quality", "Hallucination Detection"]
-    assert "C is also supported" in rejects["g-q2"]["reply"] and "context" not in rejects["g-q2"]
-    assert rejects["g-q3"]["verdict"] is None and "no verdict" in rejects["g-q3"]["reason"]
+    assert rejects["g-T2-a-q2"]["failed_checks"] == ["Distractor Quality", "Hallucination Detection"]
+    assert "C is also supported" in rejects["g-T2-a-q2"]["reply"] and "context" not in rejects["g-T2-a-q2"]
+    assert rejects["g-T2-a-q3"]["verdict"] is None and "no verdict" in rejects["g-T2-a-q3"]["reason"]
     prompt = server.prompts["verify:g-1"]  # B.2 filled with the row
     assert "[Source Document]: DOC:g " in prompt and "[Correct Answer]: B. the cat" in prompt
     assert "[Options]: A. the fox\nB. the cat\nC. the dog\nD. the owl" in prompt

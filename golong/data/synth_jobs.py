@@ -186,21 +186,27 @@ class LengthCounter:
 # Resumable output
 
 
-def _complete_lines(path: str) -> list[str]:
-    """The complete lines of a JSONL file (a last line without its newline was cut by a kill: dropped)."""
+def _lines(path: str) -> Iterator[tuple[str, bool]]:
+    """(line without its newline, complete?) for every line of a JSONL file, read as a stream (rows hold
+    whole documents: the file can be large). Only a last line can be incomplete: one cut by a kill."""
     if not os.path.exists(path):
-        return []
+        return
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return text.split("\n")[:-1] if text else []
+        for line in f:
+            yield line.rstrip("\n"), line.endswith("\n")
 
 
-def _unit_of(line: str, key: str) -> str | None:
+def _json_object(line: str) -> dict | None:
     try:
         row = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return str(row.get(key)) if isinstance(row, dict) and row.get(key) is not None else None
+    return row if isinstance(row, dict) else None
+
+
+def _unit_of(line: str, key: str) -> str | None:
+    row = _json_object(line)
+    return str(row[key]) if row is not None and row.get(key) is not None else None
 
 
 class ResumableOutput:
@@ -209,38 +215,42 @@ class ResumableOutput:
     `key` is the field naming a line's unit of work (`doc_id` for synthesis, `id` for verification).
     """
 
-    def __init__(self, out: str, rejects: str, key: str):
+    def __init__(self, out: str, rejects: str, key: str, job: dict | None = None):
         for flag, path in (("--out", out), ("--rejects", rejects)):
             if not path.lower().endswith(".jsonl"):
                 raise ValueError(f"{flag} {path}: must be a .jsonl file (it is appended to as units finish, "
                                  f"which makes the run resumable); convert it to parquet afterwards if needed")
         self.out, self.rejects, self.ledger, self.key = out, rejects, out + ".done", key
+        self.job = job or {}  # what the output was made with, e.g. {"subtask": "T2-a"}: checked on resume
         for path in (out, rejects):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.done: set[str] = set()
-        for line in _complete_lines(self.ledger):
-            unit = _unit_of(line, "unit")
-            if unit is not None:
-                self.done.add(unit)
+        for line, complete in _lines(self.ledger):
+            entry = _json_object(line) if complete else None
+            if entry is not None and entry.get("unit") is not None:
+                self._check_job(entry)
+                self.done.add(str(entry["unit"]))
         self._rewrite(self.ledger, "unit")
         self.lines_removed = self._rewrite(out, key) + self._rewrite(rejects, key)
 
+    def _check_job(self, entry: dict) -> None:
+        for name, value in self.job.items():
+            if entry.get(name, value) != value:
+                raise ValueError(f"--out {self.out} was written with {name} {entry[name]!r}, not {value!r}; "
+                                 f"give this run its own --out (or delete {self.ledger} to start over)")
+
     def _rewrite(self, path: str, key: str) -> int:
         """Keep the complete lines of `path` whose unit is done; rewrite the file only if that drops any.
-        Returns the number of lines dropped."""
-        if not os.path.exists(path):
-            return 0
-        lines = _complete_lines(path)
-        kept = [line for line in lines if _unit_of(line, key) in self.done]
-        with open(path, "rb") as f:
-            intact = f.read().endswith(b"\n") or os.path.getsize(path) == 0
-        if len(kept) == len(lines) and intact:
+        Returns the number of lines dropped (a cut last line counts as one)."""
+        dropped = sum(1 for line, complete in _lines(path) if not complete or _unit_of(line, key) not in self.done)
+        if not dropped:
             return 0
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in kept)
+            f.writelines(line + "\n" for line, complete in _lines(path)
+                         if complete and _unit_of(line, key) in self.done)
         os.replace(tmp, path)
-        return len(lines) - len(kept) + (0 if intact else 1)  # the cut last line counts as one
+        return dropped
 
     @staticmethod
     def _append(path: str, rows: list[dict]) -> None:
@@ -255,7 +265,7 @@ class ResumableOutput:
         """One finished unit: its rows and rejects first, then its ledger line (what makes it done)."""
         self._append(self.rejects, rejects)
         self._append(self.out, rows)
-        self._append(self.ledger, [{"unit": unit, **stats}])
+        self._append(self.ledger, [{"unit": unit, **self.job, **stats}])
         self.done.add(unit)
 
     def record_failure(self, rejects: list[dict]) -> None:

@@ -8,8 +8,8 @@ golong/data/synth_prompts/, or the user's own file) to a synthesis model chosen 
 length (synth_jobs). B.1 fixes no reply layout, so golong appends one (reply_format_generate.txt): a
 JSON object with three questions, each with its answer, rationale and solution.
 
-Each question becomes a native row (golong/data/schema.py): `id` = DOC-qK, `task`, `subtask`,
-`reward_type` (by task, Table 1), `context` = the document, `question` (with its options A, B, ... on
+Each question becomes a native row (golong/data/schema.py): `id` = DOC-SUBTASK-qK (unique across
+subtasks, so files merge), `task`, `subtask`, `reward_type` (by task, Table 1), `context` = the document, `question` (with its options A, B, ... on
 the following lines for multiple choice), `answer` in the shape its reward reads (ANSWER_FORMS),
 `instruction` (the subtask's own output-format wording), `source`, `doc_id`, `rationale`, `solution`,
 `options` (multiple choice) and `synthesis` (model, language). A question is kept only if the row
@@ -287,7 +287,7 @@ def question_row(q: Any, k: int, doc: dict, sub: SubtaskPrompt, reward_type: str
     answer = normalize_answer(reward_type, q.get("answer"), options)
     question = stem + ("\n" + "\n".join(f"{k_}. {v}" for k_, v in options.items()) if options else "")
     row = {
-        "id": f"{doc['id']}-q{k}", "task": sub.task, "subtask": sub.name, "reward_type": reward_type,
+        "id": f"{doc['id']}-{sub.name}-q{k}", "task": sub.task, "subtask": sub.name, "reward_type": reward_type,
         "context": doc["text"], "question": question, "answer": answer, "source": doc["source"],
         "doc_id": doc["id"], "rationale": _text(q.get("rationale") or ""), "solution": _text(q.get("solution") or ""),
         "synthesis": {"model": model, "prompt": sub.origin, "language": language},
@@ -388,7 +388,7 @@ def synthesize(docs: str, out: str, rejects: str, sub: SubtaskPrompt, opts: LLMO
     reward_type = TASK_TO_REWARD[sub.task]
     shared, _ = read_prompt(shared_prompt)
     reply_format, _ = read_prompt("reply_format_generate")
-    output = ResumableOutput(out, rejects, key="doc_id")
+    output = ResumableOutput(out, rejects, key="doc_id", job={"subtask": sub.name})
 
     def handle(doc: dict, model: str, reply: Reply) -> UnitResult:
         rows, rejected, counts = parse_reply(reply.text, doc, sub, reward_type, model, out)
