@@ -196,6 +196,10 @@ def test_subtask_choice_errors_name_the_flag():
     with pytest.raises(ValueError, match="--subtask: unknown subtask 'T2-z'"):
         load_subtask("T2-z", None, None)
     assert load_subtask(None, "T5", None).name == "T5"
+    with pytest.raises(ValueError, match="give --subtask"):
+        load_subtask(None, None, None)
+    with pytest.raises(ValueError, match="prompt file nowhere/mine.txt not found"):
+        load_subtask(None, "T2", "nowhere/mine.txt")
 
 
 def test_user_prompt_file_is_used_and_checked(tmp_path):
@@ -346,6 +350,7 @@ def test_429_500_and_timeouts_are_retried(tmp_path, server, capsys):
     summary = capsys.readouterr().out
     assert (server.count("rate"), server.count("boom"), server.count("slow")) == (2, 3, 2)
     assert "requests: 3 answered, 0 failed after retries" in summary
+    assert "error responses (408, 409, 429 and 5xx are retried while retries are left): HTTP 429 x1, HTTP 500 x1, HTTP 503 x1" in summary
     assert Counter(r["doc_id"] for r in read_jsonl(out)) == {"rate": 3, "boom": 3, "slow": 3}
 
 

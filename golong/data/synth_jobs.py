@@ -145,8 +145,16 @@ class ChatClient:
             print(f"note: no API key in ${names}; sending none (fine for a local server without --api-key)",
                   file=sys.stderr)
         self.opts = opts
-        self.client = openai.OpenAI(base_url=opts.endpoint, api_key=key or "EMPTY",
+        self.error_responses: Counter = Counter()  # HTTP status -> responses, retried ones included
+        self._lock = threading.Lock()
+        http = openai.DefaultHttpxClient(event_hooks={"response": [self._count_errors]})
+        self.client = openai.OpenAI(base_url=opts.endpoint, api_key=key or "EMPTY", http_client=http,
                                     max_retries=opts.max_retries, timeout=opts.timeout_s)
+
+    def _count_errors(self, response) -> None:
+        if response.status_code >= 400:
+            with self._lock:
+                self.error_responses[f"http_{response.status_code}"] += 1
 
     def chat(self, model: str, prompt: str) -> Reply:
         extra = {} if self.opts.temperature is None else {"temperature": self.opts.temperature}
@@ -398,7 +406,7 @@ def run_llm_job(
 
     counts += run_units(routed(), work, output, opts.concurrency, limit=limit, total=total, progress=progress,
                         desc=desc)
-    return counts
+    return counts + client.error_responses
 
 
 def strip_reasoning(text: str) -> str:
@@ -417,6 +425,10 @@ def common_summary(counts: Counter, output: ResumableOutput, unit_name: str) -> 
         f"tokens used: {counts['prompt_tokens']} prompt + {counts['completion_tokens']} completion = "
         f"{counts['prompt_tokens'] + counts['completion_tokens']}",
     ]
+    errors = sorted((int(k[5:]), v) for k, v in counts.items() if k.startswith("http_"))
+    if errors:
+        lines.append("error responses (408, 409, 429 and 5xx are retried while retries are left): "
+                     + ", ".join(f"HTTP {code} x{n}" for code, n in errors))
     models = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith("model:"))
     if models:
         lines.append("requests by model: " + ", ".join(f"{m} {n}" for m, n in models))

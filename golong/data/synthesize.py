@@ -70,7 +70,9 @@ ANSWER_FORMS: dict[str, str] = {
 
 def read_prompt(name_or_path: str) -> tuple[str, str]:
     """(text without its '#' header lines, where it came from) of a packaged prompt or a user's file."""
-    if os.path.exists(name_or_path):
+    if os.sep in name_or_path or "." in os.path.basename(name_or_path):  # a path, not a packaged name
+        if not os.path.isfile(name_or_path):
+            raise ValueError(f"prompt file {name_or_path} not found")
         with open(name_or_path, encoding="utf-8") as f:
             text, origin = f.read(), name_or_path
     else:
@@ -123,6 +125,9 @@ def load_subtask(subtask: str | None, task: str | None, prompt_file: str | None)
     """The prompt of `--subtask` (or `--task` when it has one prompt), or the user's `--prompt FILE`."""
     from golong.data.schema import TASKS
 
+    if subtask is None and task is None:
+        raise ValueError("give --subtask (e.g. T2-a; all of them are in golong/data/synth_prompts/), or --task "
+                         "with your own --prompt FILE")
     if prompt_file is None:
         if subtask is None:
             choices = [s for s in SUBTASKS if s.split("-")[0] == task]
