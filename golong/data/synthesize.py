@@ -9,10 +9,11 @@ length (synth_jobs). B.1 fixes no reply layout, so golong appends one (reply_for
 JSON object with three questions, each with its answer, rationale and solution.
 
 Each question becomes a native row (golong/data/schema.py): `id` = DOC-SUBTASK-qK (unique across
-subtasks, so files merge), `task`, `subtask`, `reward_type` (by task, Table 1), `context` = the document, `question` (with its options A, B, ... on
-the following lines for multiple choice), `answer` in the shape its reward reads (ANSWER_FORMS),
-`instruction` (the subtask's own output-format wording), `source`, `doc_id`, `rationale`, `solution`,
-`options` (multiple choice) and `synthesis` (model, language). A question is kept only if the row
+subtasks, so files merge), `task`, `subtask`, `reward_type` (by task, Table 1), `context` = the
+document, `question` (with its options A, B, ... on the following lines for multiple choice), `answer`
+in the shape its reward reads (ANSWER_FORMS), `instruction` (the subtask's own output-format
+wording), `source`, `doc_id`, `rationale`, `solution`, `options` (multiple choice) and `synthesis`
+(model, prompt file, language). A question is kept only if the row
 passes golong's schema check and its reward scores the reference answer, written as a perfect
 response, 1.0. Everything else (a reply that is not JSON, a missing field, fewer than four options,
 an answer letter that is not an option, ...) goes to the rejects file with the reason.
