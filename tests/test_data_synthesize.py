@@ -495,6 +495,22 @@ def test_limit_makes_a_trial_run_that_a_full_run_continues(tmp_path, server, cap
     assert sorted(n for _, n, _ in server.requests) == names and len(read_jsonl(out)) == 9
 
 
+def test_a_bad_document_stops_the_run_before_any_request(tmp_path, server, capsys):
+    docs = write_docs(tmp_path / "docs.jsonl", ["a", "b"])
+    with open(docs, "a") as f:
+        f.write(json.dumps({"id": "c", "body": "no text field"}) + "\n")
+    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl")) == 1
+    assert "docs.jsonl: row 3: field `text`: missing or empty document text" in capsys.readouterr().err
+    with open(docs, "a") as f:
+        f.write(json.dumps({"id": "a", "text": "again"}) + "\n")
+    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl", "--text-field", "body")) == 1
+    assert "row 1: field `body`: missing" in capsys.readouterr().err
+    assert server.requests == []
+    twice = write_docs(tmp_path / "twice.jsonl", ["a", "b", "a"])
+    assert cli.main(synth_args(server, twice, tmp_path / "qa.jsonl")) == 1
+    assert "row 3: field `id`: repeats 'a'; document ids must be unique" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, server, capsys):
     docs = write_docs(tmp_path / "docs.jsonl", ["x"])
     assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--task", "T3"]) == 1

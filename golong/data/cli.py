@@ -1,4 +1,4 @@
-"""`golong data validate|stats|decontaminate|calibrate|synthesize|verify`: the dataset tools (paper section 3.4).
+"""`golong data validate|stats|decontaminate|calibrate|synthesize|verify`: the dataset tools (section 3.4).
 
     golong data validate FILE [FILE ...]
     golong data stats FILE [FILE ...] [--model PATH] [--png PATH]
@@ -147,14 +147,17 @@ def _add_commands(commands) -> None:
 
     from golong.data.synth_jobs import add_llm_args
 
-    p = commands.add_parser("synthesize", help="three QA rows per document from a synthesis model (appendix B.1, B.3-B.11)")
+    p = commands.add_parser("synthesize",
+                            help="three QA rows per document from a synthesis model (appendix B.1, B.3-B.11)")
     p.add_argument("--docs", required=True, help="documents (.jsonl or .parquet), one per row: id, text, source?")
     p.add_argument("--out", required=True, help="native QA rows (.jsonl), appended to and resumed")
     p.add_argument("--task", help="T1..T9 (enough for T1 and T5, which have one prompt each)")
     p.add_argument("--subtask", help="appendix B subtask prompt, e.g. T2-a (see golong/data/synth_prompts/)")
-    p.add_argument("--prompt", help="your own subtask prompt file (Primary Task: ... Secondary Task: ...), with --task")
+    p.add_argument("--prompt",
+                   help="your own subtask prompt file (Primary Task: ... Secondary Task: ...), with --task")
     p.add_argument("--shared-prompt", help="your own shared instruction file instead of appendix B.1's")
-    p.add_argument("--text-field", default="text", help="document field holding the text (default text, then context)")
+    p.add_argument("--text-field", default="text",
+                   help="document field holding the text (default text, then context)")
     add_llm_args(p, max_tokens=8192)
     p.set_defaults(func=_reported(cmd_synthesize))
 
@@ -167,8 +170,9 @@ def _add_commands(commands) -> None:
 
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
-    """Register `golong data validate|stats|decontaminate|calibrate|synthesize|verify` on an argparse subparsers object."""
-    data = subparsers.add_parser("data", help="dataset tools: validate, stats, decontaminate, calibrate, synthesize, verify",
+    """Register `golong data validate|stats|decontaminate|calibrate|synthesize|verify` on argparse subparsers."""
+    data = subparsers.add_parser("data",
+                                 help="dataset tools: validate, stats, decontaminate, calibrate, synthesize, verify",
                                  description=__doc__.split("\n\n")[0])
     _add_commands(data.add_subparsers(dest="data_command", required=True))
     return data

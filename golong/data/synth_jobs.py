@@ -93,14 +93,18 @@ def add_llm_args(p, max_tokens: int) -> None:
     p.add_argument("--endpoint", default="http://127.0.0.1:8000/v1",
                    help="base URL of an OpenAI-compatible API (default: a local vLLM server)")
     p.add_argument("--model", help="model name for every document (or use --bins)")
-    p.add_argument("--bins", help='model by document length in tokens, first match wins: "<=100000:modelA,>100000:modelB"')
-    p.add_argument("--tokenizer", help="tokenizer (path or name) for --bins lengths (default: words + CJK characters)")
-    p.add_argument("--api-key-env", help=f"environment variable holding the API key (default: {' then '.join(API_KEY_ENVS)})")
+    p.add_argument("--bins",
+                   help='model by document length in tokens, first match wins: "<=100000:modelA,>100000:modelB"')
+    p.add_argument("--tokenizer",
+                   help="tokenizer (path or name) for --bins lengths (default: words + CJK characters)")
+    p.add_argument("--api-key-env",
+                   help=f"environment variable holding the API key (default: {' then '.join(API_KEY_ENVS)})")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     p.add_argument("--max-retries", type=int, default=5,
                    help="retries per request on 429/5xx/timeouts, with exponential backoff (default 5)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt (default 600)")
-    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"completion tokens per request (default {max_tokens})")
+    p.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help=f"completion tokens per request (default {max_tokens})")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
     p.add_argument("--limit", type=int, help="stop after this many new units (documents or rows): a trial run")
     p.add_argument("--rejects", help="where rejected generations go with their reason (default: OUT.rejects.jsonl)")
@@ -435,11 +439,3 @@ def common_summary(counts: Counter, output: ResumableOutput, unit_name: str) -> 
     if output.lines_removed:
         lines.append(f"resumed: removed {output.lines_removed} lines of unfinished units from an earlier run")
     return lines
-
-
-def count_lines(path: str) -> int | None:
-    """Number of non-blank lines of a JSONL file (the progress bar's total), None for other files."""
-    if not path.lower().endswith(".jsonl"):
-        return None
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())

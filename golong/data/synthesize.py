@@ -34,7 +34,6 @@ from golong.data.synth_jobs import (
     ResumableOutput,
     UnitResult,
     common_summary,
-    count_lines,
     run_llm_job,
     strip_reasoning,
 )
@@ -363,7 +362,7 @@ def read_documents(path: str, text_field: str):
             raise DataError(path, row_no, text_field, "missing or empty document text (use --text-field to name it)")
         doc_id = str(row.get("id", row_no))
         if doc_id in seen:
-            raise DataError(path, row_no, "id", f"repeats {doc_id!r}; document ids must be unique (resuming relies on them)")
+            raise DataError(path, row_no, "id", f"repeats {doc_id!r}; document ids must be unique (resuming needs them)")
         seen.add(doc_id)
         yield doc_id, {"id": doc_id, "text": text, "source": str(row.get("source") or os.path.basename(path))}
 
@@ -400,10 +399,11 @@ def synthesize(docs: str, out: str, rejects: str, sub: SubtaskPrompt, opts: LLMO
         rows, rejected, counts = parse_reply(reply.text, doc, sub, reward_type, model, out)
         return UnitResult(rows, rejected, counts)
 
+    total = sum(1 for _ in read_documents(docs, text_field))  # every row checked before the first request
     counts = run_llm_job(
         opts, output, read_documents(docs, text_field), text_of=lambda doc: doc["text"],
         prompt_of=lambda doc: generation_prompt(doc["text"], sub, reward_type, shared, reply_format),
-        handle=handle, limit=limit, total=count_lines(docs), progress=progress, desc="documents")
+        handle=handle, limit=limit, total=total, progress=progress, desc="documents")
     return SynthesisRun(counts=counts, output=output)
 
 

@@ -22,7 +22,6 @@ from golong.data.synth_jobs import (
     ResumableOutput,
     UnitResult,
     common_summary,
-    count_lines,
     run_llm_job,
     strip_reasoning,
 )
@@ -159,8 +158,9 @@ def verify(qa: str, out: str, rejects: str, opts: LLMOptions, *, prompt: str = "
                   "failed_checks": v.failed_checks if v.verdict else [], "reason": reason, "reply": v.explanation}
         return UnitResult([], [reject], counts)
 
+    total = sum(1 for _ in read_qa(qa))  # every row checked before the first request
     counts = run_llm_job(
         opts, output, read_qa(qa), text_of=lambda row: row["context"],
         prompt_of=lambda row: verification_prompt(row, template, reply_format),
-        handle=handle, limit=limit, total=count_lines(qa), progress=progress, desc="rows")
+        handle=handle, limit=limit, total=total, progress=progress, desc="rows")
     return VerificationRun(counts=counts, output=output)
