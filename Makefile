@@ -9,8 +9,15 @@ NPROC_PER_NODE ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
+# Seconds a node's torchrun waits for the others before giving up (torchrun's own default is 900).
+RDZV_TIMEOUT ?= 600
 TORCHRUN = $(BIN)/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC_PER_NODE) --node_rank=$(NODE_RANK) \
-	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m golong
+	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) --rdzv-conf=timeout=$(RDZV_TIMEOUT) -m golong
+# On failure, say what a rendezvous problem looks like: torchrun's own message names neither address nor port.
+RDZV_HINT = { rc=$$?; echo "[golong] torchrun exited with $$rc. If its log says 'waiting for clients' or 'failed to connect': \
+node $(NODE_RANK) of $(NNODES) could not meet the others at MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) within \
+$(RDZV_TIMEOUT) s. Start every node with the same NNODES, MASTER_ADDR (node 0's address, reachable from all) and \
+MASTER_PORT (open on node 0), and a distinct NODE_RANK." >&2; exit $$rc; }
 ARGS ?=
 
 # vLLM on CPU keeps its engine core in-process with a 1 GiB KV cache (ENVIRONMENT.md); ignored on GPU.
@@ -34,10 +41,10 @@ demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU r
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 --master_port=$(MASTER_PORT) -m golong train recipes/tiny-cpu.yaml $(ARGS)
 
 train-4b: install  ## Qwen3-4B with TMN-Reweight (RECIPE=recipes/qwen3-4b-grpo.yaml for plain GRPO)
-	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS)
+	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS) || $(RDZV_HINT)
 
 train-30b: install
-	$(TORCHRUN) train recipes/qwen3-30b-a3b-grpo.yaml $(ARGS)
+	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-30b-a3b-grpo.yaml) $(ARGS) || $(RDZV_HINT)
 
 dry-run: install  ## resolve and validate every recipe
 	for r in recipes/*.yaml; do $(PYTHON) -m golong train $$r --dry-run > /dev/null && echo "ok $$r"; done

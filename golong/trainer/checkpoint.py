@@ -13,8 +13,17 @@ Layout under `<output_dir>/checkpoints/`:
 A checkpoint is written as `.tmp-step_000010/` and renamed only after every rank has written its files and
 rank 0 has written run_state.json; `latest` is replaced after the rename, and older checkpoints are deleted
 after that. A process killed at any moment therefore leaves the previous complete checkpoints intact, plus at
-worst a `.tmp-*` folder that `latest()` ignores and removes. Every rank must see the same `output_dir` (a
-shared filesystem across nodes), as DeepSpeed itself assumes.
+worst a `.tmp-*` folder that `latest()` ignores and removes.
+
+Two layouts of `output_dir` across nodes are supported (`folder_layout` tells them apart at start-up):
+
+- shared: every rank sees one folder (a shared filesystem); rank 0 does the folder's bookkeeping.
+- per-node: each node has its own folder (node-local disks, same path or not); every node's first rank
+  does the bookkeeping in its folder, which holds that node's ranks' shards and RNG files. DeepSpeed is
+  told so (`checkpoint.use_node_local_storage`), and a resume checks that every node holds the checkpoint
+  rank 0 chose. Files only rank 0 writes (config, metrics, the HF export) are on the first node only.
+
+A folder shared by some ranks of a node and not others is refused at start-up.
 
 Our own files are JSON (nothing to unpickle); DeepSpeed's shards are torch pickles that DeepSpeed loads itself.
 """
@@ -81,6 +90,50 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _all_gather(obj) -> list:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+SHARED, PER_NODE = "shared", "per-node"
+
+
+def folder_layout(output_dir: str, node_rank: int, local_rank: int) -> str:
+    """SHARED when every rank sees the same `output_dir`, PER_NODE when each node sees its own.
+    Collective (every rank calls it); creates the folder. Rank 0 writes a probe file with a fresh token and
+    every rank looks for it: the ranks that see it must be exactly those of some set of whole nodes including
+    rank 0's, and then either all nodes (shared) or rank 0's node alone (per-node)."""
+    rank, world = _rank_and_world()
+    probe = os.path.join(output_dir, ".golong-layout-probe")
+    token = _all_gather(f"{os.getpid()}-{random.SystemRandom().getrandbits(64):x}" if rank == 0 else None)[0]
+    if rank == 0 or local_rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+    if rank == 0:
+        _write_atomic(probe, token)
+    _barrier()
+    seen = _all_gather((node_rank, _read_text(probe) == token))
+    _barrier()
+    if rank == 0:
+        os.remove(probe)
+    nodes: dict[int, set[bool]] = {}
+    for node, saw in seen:
+        nodes.setdefault(node, set()).add(saw)
+    if any(len(views) > 1 for views in nodes.values()):
+        split = sorted(node for node, views in nodes.items() if len(views) > 1)
+        raise RuntimeError(f"trainer.output_dir={output_dir} is the same folder for some ranks of node(s) {split} "
+                           "and not for others. Fix: give every rank of a node the same output_dir, on a disk all "
+                           "its processes see")
+    if all(True in views for views in nodes.values()):
+        return SHARED
+    if [node for node, views in nodes.items() if True in views] == [seen[0][0]]:
+        return PER_NODE
+    raise RuntimeError(f"trainer.output_dir={output_dir} is shared by some nodes but not all. Fix: use one "
+                       "folder on a filesystem every node mounts, or a node-local folder on every node")
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -119,11 +172,14 @@ class Checkpointer:
     `save` and `load` are collective: every rank calls them (DeepSpeed's save and load are).
     """
 
-    def __init__(self, output_dir: str, keep_last: int):
+    def __init__(self, output_dir: str, keep_last: int, layout: str = SHARED, local_rank: int = 0):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.root = os.path.join(output_dir, "checkpoints")
         self.keep_last = keep_last
+        self.layout = layout
+        # the rank that does this folder's bookkeeping (cleanup, run_state.json, renames, `latest`)
+        self.is_writer = (local_rank == 0) if layout == PER_NODE else (_rank_and_world()[0] == 0)
 
     @staticmethod
     def dir_name(step: int) -> str:
@@ -148,8 +204,7 @@ class Checkpointer:
         """
         complete = self._complete_steps()
         newest = complete[max(complete)] if complete else None
-        rank, _ = _rank_and_world()
-        if clean_up and rank == 0 and os.path.isdir(self.root):
+        if clean_up and self.is_writer and os.path.isdir(self.root):
             for name in os.listdir(self.root):
                 path = os.path.join(self.root, name)
                 half_written = name.startswith(TMP_PREFIX) or (_STEP_DIR.match(name) and path not in complete.values())
@@ -163,18 +218,34 @@ class Checkpointer:
                 _write_atomic(pointer, os.path.basename(newest))
         return newest
 
+    def resume_point(self) -> str | None:
+        """The checkpoint every rank resumes from: rank 0's newest complete one (collective). In the
+        per-node layout every node must hold it too, else the run stops here naming the nodes that do not."""
+        chosen = _all_gather(self.latest())[0]
+        if chosen is None:
+            return None
+        name = os.path.basename(chosen)
+        local = os.path.join(self.root, name)
+        missing = [rank for rank, ok in enumerate(_all_gather(os.path.isfile(os.path.join(local, RUN_STATE_FILE))))
+                   if not ok]
+        if missing:
+            raise RuntimeError(f"rank 0 resumes from checkpoint {name}, but ranks {missing} have no complete {name} "
+                               f"under their {self.root}. Fix: copy that step folder to those nodes, or start a new "
+                               "trainer.output_dir")
+        return local
+
     def save(self, engine, state: RunState) -> str:
         """Write a complete checkpoint of `engine` (a DeepSpeedEngine) and `state`; return its folder.
 
-        Called by every rank: each writes its ZeRO shard and its RNG states; rank 0 then writes
-        run_state.json, renames the folder into place, updates `latest` and deletes checkpoints beyond
-        the newest `keep_last`.
+        Called by every rank: each writes its ZeRO shard and its RNG states; the folder's writer (rank 0, or
+        each node's first rank in the per-node layout) then writes run_state.json, renames the folder into
+        place, updates `latest` and deletes checkpoints beyond the newest `keep_last`.
         """
         rank, world = _rank_and_world()
         name = self.dir_name(state.step)
         tmp_name = TMP_PREFIX + name
         tmp_dir, final_dir = os.path.join(self.root, tmp_name), os.path.join(self.root, name)
-        if rank == 0:
+        if self.is_writer:
             os.makedirs(self.root, exist_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a save killed at this very step
         _barrier()
@@ -183,7 +254,7 @@ class Checkpointer:
         _write_atomic(os.path.join(tmp_dir, f"rng_rank_{rank:05d}.json"), json.dumps(capture_rng_state()))
         _barrier()  # every rank's files are on disk
 
-        if rank == 0:
+        if self.is_writer:
             _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
                           json.dumps({**asdict(state), "world_size": world}, indent=1))
             if os.path.isdir(final_dir):  # a run restarted without resuming re-saves a step it saved before

@@ -13,6 +13,7 @@ class World:
     rank: int
     size: int
     local_rank: int
+    node_rank: int = 0  # torchrun's GROUP_RANK: which node (agent) this process runs on
 
     @property
     def is_main(self) -> bool:
@@ -27,7 +28,8 @@ def init_world() -> World:
         torch.cuda.set_device(local_rank)
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=local_rank)
+    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=local_rank,
+                 node_rank=int(os.environ.get("GROUP_RANK", "0")))
 
 
 def all_gather_objects(obj, world: World) -> list:

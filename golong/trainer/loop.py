@@ -15,6 +15,7 @@ statistics and micro-batches are balanced over all ranks.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from golong.eval import response_text, stop_token_ids
 from golong.rewards import RewardScorer, ScoreItem
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.trainer.batch import TrainSample, pack
-from golong.trainer.checkpoint import Checkpointer, RunState
+from golong.trainer.checkpoint import PER_NODE, Checkpointer, RunState, folder_layout
 from golong.trainer.distributed import World, all_gather_objects, init_world
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.export import export_hf
@@ -354,8 +355,15 @@ def train(cfg: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="[golong] %(message)s")
     world = init_world()
     out_dir = cfg.trainer.output_dir
-    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last)
-    latest = all_gather_objects(checkpointer.latest(), world)[0]  # rank 0 decides: every rank loads the same
+    layout = folder_layout(out_dir, world.node_rank, world.local_rank)
+    if layout == PER_NODE:  # DeepSpeed: each node's first rank writes the shared parts into its own folder
+        cfg.trainer.deepspeed = {**cfg.trainer.deepspeed,
+                                 "checkpoint": {**cfg.trainer.deepspeed.get("checkpoint", {}), "use_node_local_storage": True}}
+        if world.is_main:
+            logger.info("trainer.output_dir is node-local: each node keeps its own ranks' checkpoint shards; "
+                        "config, metrics and hf/ are written on the first node")
+    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last, layout, world.local_rank)
+    latest = checkpointer.resume_point()  # rank 0 decides: every rank loads the same
     if latest and not cfg.trainer.resume:
         raise ConfigError(f"trainer.resume: false, but {out_dir} holds checkpoints of another run ({latest}); its "
                           "newer steps would replace this run's. Fix: set trainer.resume=true to continue it, or "
@@ -426,6 +434,13 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
     root, tag = os.path.split(latest)
+    with open(os.path.join(latest, "run_state.json"), encoding="utf-8") as f:
+        world_size = json.load(f)["world_size"]
+    shards = [n for n in os.listdir(latest) if n.startswith("zero_pp_rank_") and n.endswith("_model_states.pt")]
+    if len(shards) < world_size:  # a node-local output_dir holds only its own node's shards
+        raise FileNotFoundError(f"{latest} holds {len(shards)} of the {world_size} ranks' ZeRO shards (a run with a "
+                                "node-local output_dir). Fix: copy this step folder's files from every node into one "
+                                "folder and export from there")
     # The engine trained LogProbModel(model): its parameter names carry the wrapper's "model." prefix.
     state_dict = {name.removeprefix("model."): tensor
                   for name, tensor in get_fp32_state_dict_from_zero_checkpoint(root, tag=tag).items()}
