@@ -132,3 +132,24 @@ def test_a_node_left_alone_fails_naming_the_rendezvous_address():
     assert proc.returncode != 0
     assert "waiting for clients" in proc.stderr  # torchrun's own words
     assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in proc.stderr and "NODE_RANK" in proc.stderr
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("nodes, same_dir, expected", [
+    ("0,0", True, "shared"),            # one node
+    ("0,1", True, "shared"),            # two nodes, one shared filesystem
+    ("0,1", False, "per-node"),         # two nodes, each its own disk
+    ("0,0", False, "error: trainer.output_dir="),  # two ranks of one node that do not see the same folder
+])
+def test_folder_layout(nodes, same_dir, expected, tmp_path):
+    from conftest import run_torchrun
+
+    dirs = [tmp_path / "run"] * 2 if same_dir else [tmp_path / "a", tmp_path / "b"]
+    out = tmp_path / "result.json"
+    run_torchrun(os.path.join(REPO, "tests", "dist", "folder_layout.py"),
+                 [nodes, ",".join(map(str, dirs)), str(out)], timeout=120)
+    result = json.loads(out.read_text())
+    assert result.startswith(expected), result
+    if expected.startswith("error"):
+        assert "Fix:" in result
+    assert not any(d.joinpath(".golong-layout-probe").exists() for d in dirs)  # the probe is removed
