@@ -304,7 +304,7 @@ def subem_cases(c: Corpus) -> None:
     ]:
         rec = lbp(mode, [gold], "Chinese" if gold == "猫坐" else "English")
         for area, expected in cases:
-            c.add("subem", "tokens", rec, think(1, f"[Answer]\n{area}"), expected)
+            c.add("subem", f"{gold}-in-{area!r}", rec, think(1, f"[Answer]\n{area}"), expected)
     rec = lbp("T8.3 Long-Context Procedural State Tracking", ["state_1", "state_3"])
     c.add("subem", "states", rec, think(0, "[Answer]\nstate_1\nstate_3"), 1.0)
     c.add("subem", "states-13", rec, think(0, "[Answer]\nstate_13"), 0.0)
@@ -597,9 +597,9 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "a ranked document for NDCG, extra pairs in the denominator for pairwise)."),
     KnownDifference(
         "Unicode NFKC", CHOICE, LBP,
-        lambda v: v.higher and unicodedata.normalize("NFKC", v.area) != v.area,
-        "golong folds full-width and compatibility characters (NFKC) before comparing ('ｂｅｌｅｉｖｅ' is 'beleive'); "
-        "the reference only lowercases."),
+        lambda v: v.higher and unicodedata.normalize("NFKC", v.area).replace("\u2212", "-") != v.area,
+        "golong folds full-width and compatibility characters (NFKC) before comparing ('ｂｅｌｅｉｖｅ' is 'beleive'; "
+        "SubEM also reads the minus sign U+2212 as '-'); the reference only lowercases."),
     # --- SubEM
     KnownDifference(
         "SubEM enumeration", FIXES_BUG, ("subem",),
@@ -712,6 +712,9 @@ def golong_score(case: Case) -> float:
     return compute_score(reward, case.response, gold, require_think_close=True)
 
 
+REFERENCE_PACKAGE = "golongrl_reference_scorer"  # the name the reference's directory is imported under
+
+
 def load_reference(path: Path, deps: Path | None) -> Callable:
     """The reference's `default_compute_score`, imported from its reward_score directory at `path`
     (or a checkout containing verl/utils/reward_score) as a package of its own."""
@@ -729,7 +732,7 @@ def load_reference(path: Path, deps: Path | None) -> Callable:
         stub = types.ModuleType("verl.utils.import_utils")
         stub.deprecated = lambda *args, **kwargs: (lambda fn: fn)
         sys.modules["verl.utils.import_utils"] = stub
-    spec = importlib.util.spec_from_file_location("golongrl_reference_scorer", path / "__init__.py",
+    spec = importlib.util.spec_from_file_location(REFERENCE_PACKAGE, path / "__init__.py",
                                                   submodule_search_locations=[str(path)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -750,6 +753,45 @@ def view_of(case: Case, golong: float, reference: float | None, error: str = "")
     final = reasoning_removed(case.response, require_think_close=True) or ""
     return View(case=case, golong=golong, reference=reference, error=error, final=final, area=answer_area(final),
                 ref_lbp_area=_ref_lbp_area(case.response))
+
+
+ROUGE_DIFFERENCES = (  # (class, name, rule over (golong, reference, answer words, summary words, chinese))
+    (CHOICE, "Chinese tokens: characters in golong, jieba words in the reference",
+     lambda g, r, ans, ref, zh: zh),
+    (FIXES_BUG, "padding: the `rouge` package's summary-level ROUGE-L barely penalises words added to a right summary",
+     lambda g, r, ans, ref, zh: g < r and len(ans) > len(ref) and Counter(ref) - Counter(ans) == Counter()),
+    (CHOICE, "sentence order: summary-level ROUGE-L (the `rouge` package) ignores the order of sentences",
+     lambda g, r, ans, ref, zh: g < r and Counter(ans) == Counter(ref)),
+    (CHOICE, "tokens: golong's are rouge-score's (punctuation dropped); the `rouge` package keeps it in words "
+             "and splits sentences at '.'",
+     lambda g, r, ans, ref, zh: True),
+)
+
+
+def rouge_on_area(rows) -> None:
+    """The reference's own ROUGE-L (`long_bench_pro.Summary`) on golong's answer area: the summary
+    differences left once the reference's reading of the whole response is taken out."""
+    module = sys.modules.get(f"{REFERENCE_PACKAGE}.long_bench_pro")
+    if module is None:
+        return
+    print("\nrouge_l on golong's answer area (the reference's ROUGE-L with its whole-response input taken out):")
+    counts = Counter()
+    for case, g, _, _ in rows:
+        if case.reward != "rouge_l":
+            continue
+        truth = case.record["reward_model"]["ground_truth"]
+        area = answer_area(reasoning_removed(case.response, require_think_close=True) or "")
+        chinese = truth["summary"] == "Chinese"
+        r = float(module.Summary(truth["doc_ids"], area, chinese))
+        words = lambda text: re.findall(r"\w+", text.lower())
+        if abs(g - r) <= TOLERANCE:
+            counts["agree"] += 1
+            continue
+        cls, name = next((cls, name) for cls, name, rule in ROUGE_DIFFERENCES
+                         if rule(g, r, words(area), words(truth["doc_ids"][0]), chinese))
+        counts[cls] += 1
+        print(f"  {case.id:<48} {g:.4f} / {r:.4f}  {cls}: {name}")
+    print(f"  agree {counts['agree']}, {FIXES_BUG} {counts[FIXES_BUG]}, {CHOICE} {counts[CHOICE]}")
 
 
 def main() -> int:
@@ -820,6 +862,7 @@ def main() -> int:
     for case, g, r, cls, name in disagreements:
         ref = "raised" if r is None else f"{r:.4f}"
         print(f"  {case.id:<48} {g:.4f} / {ref:<7} {cls}{': ' + name if name else ''}")
+    rouge_on_area(rows)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, ensure_ascii=False))
     return 1 if misses or counts[UNEXPLAINED] else 0

@@ -185,10 +185,14 @@ _SUBEM_TOKEN = re.compile(
 _SEPARATOR = "\x00"  # joins tokens for a linear-time search; removed from the text first
 
 
+def subem_text(text: str) -> str:
+    """`text` as SubEM tokenizes it: NFKC, lowercase, the minus sign U+2212 as `-`, no separator."""
+    return unicodedata.normalize("NFKC", text).lower().replace(_SEPARATOR, " ").replace("\u2212", "-")
+
+
 def subem_tokens(text: str) -> list[str]:
     """The SubEM tokens of `text` (see `_SUBEM_TOKEN`)."""
-    text = unicodedata.normalize("NFKC", text).lower().replace(_SEPARATOR, " ").replace("\u2212", "-")
-    return _SUBEM_TOKEN.findall(text)
+    return _SUBEM_TOKEN.findall(subem_text(text))
 
 
 def word_count(tokens: list[str]) -> int:
@@ -218,9 +222,10 @@ def substring_match(answer: Answer, gold, rules: ScoringRules) -> float:
     items = [t for t in (subem_tokens(g) for g in gold_list(gold, "subem")) if t]
     if not items:
         raise ValueError("subem: empty gold")
-    answer_tokens = subem_tokens(answer.area)
-    if not answer_tokens:
-        return 0.0
+    folded = subem_text(answer.area)
+    if not any(all(t in folded for t in item) for item in items):
+        return 0.0  # some token of every item is not even a substring: nothing to find (no tokenizing)
+    answer_tokens = _SUBEM_TOKEN.findall(folded)
     haystack = _SEPARATOR + _SEPARATOR.join(answer_tokens) + _SEPARATOR
     found = sum(_SEPARATOR + _SEPARATOR.join(item) + _SEPARATOR in haystack for item in items)
     gold_words = max(1, sum(word_count(item) for item in items))
