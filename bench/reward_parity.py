@@ -10,9 +10,9 @@ golong on its own:
 
     PYTHONPATH=. .venv/bin/python bench/reward_parity.py
 
-With the reference scorer's files (the GoLongRL authors' verl fork, directory
-`verl/utils/reward_score/` of github.com/xiaoxuanNLP/GoLongRL, `Train/verl/...`; its imports need
-jieba, rouge and pytrec_eval, e.g. `pip install --target DIR jieba rouge pytrec-eval-terrier`):
+With the reference scorer's files (the GoLongRL authors' verl fork: `Train/verl/verl/utils/reward_score/`
+of the xiaoxuanNLP/GoLongRL repository on GitHub, read at commit c34dba3; its imports need jieba, rouge
+and pytrec_eval, e.g. `pip install --target DIR jieba rouge pytrec-eval-terrier`, kept out of the venv):
 
     PYTHONPATH=. .venv/bin/python bench/reward_parity.py --reference PATH/reward_score --reference-deps DIR
 
@@ -42,6 +42,7 @@ from typing import Callable
 
 from golong.rewards import REWARD_TYPES, compute_score, route_released
 from golong.rewards.extract import answer_area, normalize, reasoning_removed
+from golong.rewards.table import parse_table, reorder
 
 FIXES_BUG = "golong fixes a reference bug"
 CHOICE = "documented golong choice"
@@ -477,11 +478,53 @@ def _lines(text: str) -> list[str]:
     return [normalize(line) for line in text.splitlines()]
 
 
+def _lbp(v: View) -> bool:
+    return v.case.record["data_source"] == "longbench_pro"
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in _lines(text) if line), "")
+
+
+def _names_letter(text: str, letter: str | None) -> bool:
+    """Whether `text` holds the option `letter` standing alone (any case, full-width folded)."""
+    return letter is not None and re.search(rf"(?<![a-z]){letter.lower()}(?![a-z])",
+                                            unicodedata.normalize("NFKC", text).lower()) is not None
+
+
+def _whole_word_in(item: str, text: str) -> bool:
+    """Whether `item` occurs in `text` between word boundaries (a number not continued by digits);
+    CJK text, written without spaces, anywhere."""
+    if re.search(r"[\u3040-\u30ff\u3400-\u9fff]", item):
+        return item in text
+    return re.search(rf"(?<![\w.,-]){re.escape(item)}(?!\w|[.,]\d)", text) is not None
+
+
 def _verdict_clauses(text: str) -> list[str]:
     """The rest of each sentence after 'The correct answer is (X)'."""
     text = text.replace("*", "")
     return [re.split(r"[.;!?\n]", text[m.end():], maxsplit=1)[0]
             for m in re.finditer(r"the correct answer is\s*:?\s*\(?[A-Z]\)?", text, re.IGNORECASE)]
+
+
+def _rows_matched_by_value(answer: str | None, gold: str) -> int:
+    """Gold rows the answer's table holds when cells compare by value and columns by name (golong's reading)."""
+    try:
+        columns, rows = parse_table(answer)
+    except Exception:
+        return 0
+    gold_columns, gold_rows = parse_table(gold)
+    return sum((Counter(reorder(rows, columns, gold_columns)) & Counter(gold_rows)).values())
+
+
+def _rows_matched_by_text(answer: str | None, gold: str) -> int:
+    """Gold rows the answer's table holds when cells compare as str() in the answer's order (the reference's)."""
+    try:
+        rows = json.loads(answer)["data"]
+    except Exception:
+        return 0
+    as_text = lambda rs: Counter(tuple(str(x) for x in r) if isinstance(r, list) else str(r) for r in rs)
+    return sum((as_text(rows) & as_text(json.loads(gold)["data"])).values())
 
 
 def _first_tagged(text: str) -> str | None:
@@ -537,7 +580,7 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
     # --- multiple choice: released `selection` rows
     KnownDifference(
         "option letters past D", FIXES_BUG, ("accuracy",),
-        lambda v: v.higher and (_letter_gold(v.gold) or "A") > "D",
+        lambda v: v.higher and (_letter_gold(v.gold) or "A") > "D" and _names_letter(v.final, _letter_gold(v.gold)),
         "The reference reads only A-D, but T2-c questions have options A-E (appendix B.4.3): a right (E) scores 0."),
     KnownDifference(
         "two verdicts that disagree", FIXES_BUG, ("accuracy",),
@@ -557,24 +600,25 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "is Definitely (B)' reads as option D."),
     KnownDifference(
         "appendix B answer formats for options", CHOICE, ("accuracy",),
-        lambda v: v.higher and v.case.record["data_source"] == "selection" and not _PHRASE_REF.search(v.final.replace("*", "")),
+        lambda v: v.higher and v.case.record["data_source"] == "selection" and not _PHRASE_REF.search(v.final.replace("*", ""))
+        and _names_letter(v.area, _letter_gold(v.gold)),
         "The reference reads only the exact phrase 'The correct answer is (X)' (capital T, no colon); golong also "
         "reads appendix B.4's '[Answer]\\nC' and the phrase in any case or with a colon."),
     KnownDifference(
         "option letter spellings", CHOICE, ("accuracy",),
         lambda v: v.higher and v.case.record["data_source"] == "longbench_pro" and _letter_gold(v.gold) is not None
-        and _ref_lines(v.ref_lbp_area)[:1] != [_ref_norm(v.gold[0])],
+        and _ref_lines(v.ref_lbp_area)[:1] != [_ref_norm(v.gold[0])] and _names_letter(_first_line(v.area), _letter_gold(v.gold)),
         "For an option-letter gold golong accepts 'C', '(C)', 'C.', 'C) text', '**C**' and full-width letters on the "
         "first answer line; the reference needs the first line to be exactly the gold text."),
     # --- LongBench-Pro list answers
     KnownDifference(
         "answer marker spellings", CHOICE, LBP,
-        lambda v: v.higher and "[Answer]" not in v.final and "[答案]" not in v.final and v.area != v.final,
+        lambda v: v.higher and _lbp(v) and "[Answer]" not in v.final and "[答案]" not in v.final and v.area != v.final,
         "golong's answer marker may be in any case, bold, with a colon or full-width brackets ('[answer]', "
         "'**[Answer]**:'); the reference knows only '[Answer]' and '[答案]' and otherwise reads the whole response."),
     KnownDifference(
         "LongBench-Pro answer read from the reasoning", FIXES_BUG, LBP,
-        lambda v: v.case.reward != "rouge_l" and _ref_lbp_area(v.case.response) != _ref_lbp_area(v.final),
+        lambda v: _lbp(v) and v.case.reward != "rouge_l" and _ref_lbp_area(v.case.response) != _ref_lbp_area(v.final),
         "The reference is handed the whole response for LongBench-Pro rows: without an exact '[Answer]' after "
         "</think> it reads from a marker inside the reasoning, or the reasoning itself, as the answer. golong scores "
         "only the text after </think>."),
@@ -597,7 +641,7 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "a ranked document for NDCG, extra pairs in the denominator for pairwise)."),
     KnownDifference(
         "Unicode NFKC", CHOICE, LBP,
-        lambda v: v.higher and unicodedata.normalize("NFKC", v.area).replace("\u2212", "-") != v.area,
+        lambda v: v.higher and _lbp(v) and unicodedata.normalize("NFKC", v.area).replace("\u2212", "-") != v.area,
         "golong folds full-width and compatibility characters (NFKC) before comparing ('ｂｅｌｅｉｖｅ' is 'beleive'; "
         "SubEM also reads the minus sign U+2212 as '-'); the reference only lowercases."),
     # --- SubEM
@@ -608,7 +652,8 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "them all; golong scales credit by gold words / answer words (listing n candidates earns what guessing does)."),
     KnownDifference(
         "SubEM whole tokens inside a line", CHOICE, ("subem",),
-        lambda v: v.higher and any(normalize(g) not in _lines(v.area) for g in v.gold),
+        lambda v: v.higher and any(normalize(g) not in _lines(v.area) and _whole_word_in(normalize(g), normalize(v.area))
+                                   for g in v.gold),
         "T6 is substring exact match: golong finds a gold item as a whole token sequence anywhere in the answer "
         "('15.' and '15 units' contain 15; '150' does not); the reference needs a line equal to the item."),
     # --- pairwise
@@ -629,7 +674,7 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "position and counts the repeat in its pairs."),
     KnownDifference(
         "pairwise: one gold item", CHOICE, ("pairwise",),
-        lambda v: v.higher and len(v.gold) == 1,
+        lambda v: v.higher and len(v.gold) == 1 and normalize(v.gold[0]) in _lines(v.area),
         "With one gold item there are no pairs: golong scores 1 when the answer lists it, the reference always 0."),
     # --- math
     KnownDifference(
@@ -639,7 +684,8 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "matched at their position, the reference parses the whole gold as one expression and never matches."),
     KnownDifference(
         "math: text golds", FIXES_BUG, ("math_verify",),
-        lambda v: v.higher and re.search(r"[A-Za-z]{2,}|[A-Za-z]\d", re.sub(r"\\[a-zA-Z]+", " ", v.gold)) is not None,
+        lambda v: v.higher and re.search(r"[A-Za-z]{2,}|[A-Za-z]\d", re.sub(r"\\[a-zA-Z]+", " ", v.gold)) is not None
+        and normalize(v.gold) in _lines(v.area),
         "T4-a's answer is 'No Error' or record IDs (appendix B.6.1); the reference parses them as math and never "
         "scores them. golong compares non-math golds as normalized text."),
     KnownDifference(
@@ -678,7 +724,7 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "golong reads the table from the answer area when there are no <answer> tags."),
     KnownDifference(
         "IoU: cells by value, columns by name", CHOICE, ("iou",),
-        lambda v: v.higher and '"columns"' in (_last_tagged(v.final) or ""),
+        lambda v: v.higher and _rows_matched_by_value(_last_tagged(v.final), v.gold) > _rows_matched_by_text(_last_tagged(v.final), v.gold),
         "golong compares cells by value (1 == 1.0 == \"1\", case and spaces of text ignored), reorders columns by "
         "name and reads {column: value} rows; the reference compares str() of each cell in the answer's order."),
     KnownDifference(
