@@ -61,10 +61,6 @@ def option_letter(line: str) -> str | None:
     return (m["paren"] or m["bare"]).lower()
 
 
-def phrased_letters(text: str) -> set[str]:
-    return {(a or b).lower() for a, b in _PHRASE.findall(text.replace("*", ""))}
-
-
 def gold_letter(gold: list[str]) -> str | None:
     """The option letter of a multiple-choice gold, or None for a free-text gold.
 
@@ -79,20 +75,20 @@ def gold_letter(gold: list[str]) -> str | None:
     return (m[1] or m[2]) if m else None
 
 
-def phrased_answer(area: str) -> str | None | bool:
-    """The letter the answer's "The correct answer is (X)" phrases name; None without a phrase,
-    False when they disagree or a verdict sentence names a second option ("(C) or (D)")."""
+def phrased_answer(area: str) -> str | None:
+    """The letter (lowercase) the answer's "The correct answer is (X)" verdicts name; None without a
+    verdict, "" when they name several (two verdicts that disagree, or a verdict sentence that names
+    a second option: "(C) or (D)"). Linear time: no slicing per verdict."""
     text = area.replace("*", "")
     letters = set()
     for m in _PHRASE.finditer(text):
-        rest = text[m.end():]
-        end = _CLAUSE_END.search(rest)
-        if _HEDGE_VERDICT.search(rest[: end.start() if end else len(rest)]):
-            return False
+        end = _CLAUSE_END.search(text, m.end())
+        if _HEDGE_VERDICT.search(text, m.end(), end.start() if end else len(text)):
+            return ""
         letters.add((m[1] or m[2]).lower())
     if not letters:
         return None
-    return letters.pop() if len(letters) == 1 else False
+    return letters.pop() if len(letters) == 1 else ""
 
 
 def lined_answer(area: str) -> str | None:
