@@ -109,6 +109,25 @@ def test_em():
         ("C\nD) Rome", 0.0),
         ("Paris", 0.0),
         ("", 0.0),
+        # issue 15: an answer that names more than one option scores 0 however it is phrased
+        ("C or D", 0.0),
+        ("(C) or (D)", 0.0),
+        ("C) Paris or D) Rome", 0.0),
+        ("C. Paris, D. Rome", 0.0),
+        ("C. Paris or D", 0.0),
+        ("C\nor D", 0.0),
+        ("C/D", 0.0),
+        ("The correct answer is (C) or (D)", 0.0),
+        ("The correct answer is (C) or maybe D.", 0.0),
+        ("The correct answer is (C), but (D) also fits.", 0.0),
+        ("The correct answer is C or D", 0.0),
+        ("The correct answer is either (C) or (D)", 0.0),
+        # ... while an option text that mentions letters is still one option
+        ("C. Vitamin D", 1.0),
+        ("C. Both A and B", 1.0),
+        ("(C) Section 4(a) applies", 1.0),
+        ("The correct answer is (C). A careful reading of part D confirms it.", 1.0),
+        ("C\nC", 1.0),
     ],
 )
 def test_accuracy_letter(area, expected):
@@ -122,6 +141,33 @@ def test_accuracy_released_phrasing():
     assert compute_score("accuracy", "A. first\nB. second\nThe correct answer is (B)", "B") == 1.0  # option list then verdict
     assert compute_score("accuracy", "The correct answer is (B). No, the correct answer is (C)", "B") == 0.0
     assert compute_score("accuracy", "The correct answer is a guess", "A") == 0.0
+
+
+@pytest.mark.parametrize(
+    "gold, area, expected",
+    [
+        # issue 15: a gold is an option letter only when it is one
+        (["E. coli"], "E. faecalis", 0.0),
+        (["E. coli"], "E", 0.0),
+        (["E. coli"], "(E)", 0.0),
+        (["E. coli"], "e. coli", 1.0),
+        (["J. Smith"], "J", 0.0),
+        (["J. Smith"], "J. Smith", 1.0),
+        (["(B) The second contract"], "B", 0.0),
+        (["(B) The second contract"], "(B) the second contract", 1.0),
+        # letter golds in every spelling still read as letters
+        ("C", "(C)", 1.0),
+        ("(C)", "C", 1.0),
+        ("C.", "C. text", 1.0),
+        ("C)", "C", 1.0),
+        ("c", "C", 1.0),
+        ("The correct answer is (C)", "C", 1.0),
+        ("The correct answer is (C).", "The correct answer is (C)", 1.0),
+        (["E"], "E", 1.0),
+    ],
+)
+def test_accuracy_gold_letter_only_when_it_is_one(gold, area, expected):
+    assert compute_score("accuracy", f"</think>\n[Answer]\n{area}", gold) == expected
 
 
 def test_accuracy_free_text_gold():
@@ -206,7 +252,21 @@ def test_iou(response, expected):
 def test_iou_cannot_be_inferred():
     empty = '{"columns": [], "data": []}'
     assert compute_score("iou", f"<answer>{empty}</answer>", empty) == 1.0
+    assert compute_score("iou", '<answer>```json\n{"data": [], "columns": []}\n```</answer>', empty) == 1.0
+    assert compute_score("iou", f"</think>[Answer]\n{empty}", {"columns": [], "data": []}) == 1.0
     assert compute_score("iou", '<answer>{"columns": ["a"], "data": [[1]]}</answer>', empty) == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["{}", '{"answer": "Berlin"}', "[]", '""', "null", '{"data": []}', '{"columns": []}',
+     '{"columns": {}, "data": []}', '{"columns": [], "data": {}}', "", "cannot be inferred"],
+)
+def test_iou_no_table_is_not_the_empty_table(answer):
+    # issue 15: a JSON value that is not a table (no columns and data lists) scores 0, even against
+    # the "cannot be inferred" gold
+    assert compute_score("iou", f"<answer>{answer}</answer>", '{"columns": [], "data": []}') == 0.0
+    assert compute_score("iou", f"<answer>{answer}</answer>", GOLD_TABLE) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,16 +277,78 @@ def test_subem():
     gold = ["Cluster_A 25.00%", "Cluster_B 75.00%"]
     assert compute_score("subem", "[Answer]\nCluster_A 25.00%\nCluster_B 75.00%", gold) == 1.0
     assert compute_score("subem", "[Answer]\nCluster_A 25.00%", gold) == 0.5  # one of two, shorter than the gold
-    assert compute_score("subem", "[Answer]\nThe answer: support", "support") == pytest.approx(7 / 19)
+    # words: the, answer, support (the colon is not a word) -> 1 * 1/3
+    assert compute_score("subem", "[Answer]\nThe answer: support", "support") == pytest.approx(1 / 3)
 
 
 def test_subem_enumeration_earns_no_more_than_guessing():
-    # listing the three candidates: found 1/1, length factor 7 / 22 -> 0.318 (guessing one of three: 1/3)
-    assert compute_score("subem", "[Answer]\nsupport\noppose\nneutral", ["support"]) == pytest.approx(7 / 22)
+    # listing the three candidates: found 1/1, length factor 1 / 3 words = guessing one of three
+    assert compute_score("subem", "[Answer]\nsupport\noppose\nneutral", ["support"]) == pytest.approx(1 / 3)
     percentages = "\n".join(f"Cluster_A {p / 100:.2f}%" for p in range(0, 10001, 25))
     assert compute_score("subem", percentages, ["Cluster_A 25.00%"]) < 0.01
-    # a gentler ratio is a config choice: ratio 2 -> 14 / 22
-    assert compute_score("subem", "support\noppose\nneutral", ["support"], subem_length_ratio=2.0) == pytest.approx(14 / 22)
+    # a gentler ratio is a config choice: ratio 2 -> 2 / 3
+    assert compute_score("subem", "support\noppose\nneutral", ["support"], subem_length_ratio=2.0) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "area, gold, expected",
+    [
+        # issue 15: a gold item is found only as a whole token sequence of the answer
+        ("15", "15", 1.0),
+        ("15.", "15", 1.0),  # punctuation around the number is not a word: no length penalty
+        ("**15**", "15", 1.0),
+        ("15 units", "15", 0.5),  # found, 1 gold word / 2 answer words
+        ("150", "15", 0.0),
+        ("115", "15", 0.0),
+        ("1,500", "15", 0.0),
+        ("1.5", "15", 0.0),
+        ("-15", "15", 0.0),  # a sign belongs to its number
+        ("-2.2%", "-2.2%", 1.0),
+        ("2.2%", "-2.2%", 0.0),
+        ("unsupported", "support", 0.0),
+        ("Support.", "support", 1.0),
+        ("state_13", ["state_3"], 0.0),
+        ("state_13", ["state_1"], 0.0),
+        ("state_13\nstate_1", ["state_1", "state_3"], 0.5),  # found state_1 only; 4 words each side
+        ("Cluster_A 25.00%\nCluster_B 75.00%", ["Cluster_A 25.00%", "Cluster_B 75.00%"], 1.0),
+        ("Cluster_A 25.0%", ["Cluster_A 25.00%"], 0.0),  # appendix B.8.1: two decimal places
+        ("Cluster_AB 25.00%", ["Cluster_A 25.00%"], 0.0),
+        ("猫坐下", "猫坐", 2 / 3),  # CJK per character: found, 2 gold characters / 3
+        ("小猫", "猫", 0.5),
+    ],
+)
+def test_subem_whole_tokens(area, gold, expected):
+    assert compute_score("subem", f"<think>..</think>[Answer]\n{area}", gold) == pytest.approx(expected)
+
+
+def test_subem_right_answer_always_outranks_wrong_ones():
+    # every answer built from the right item and up to three wrong candidates (all orders, with and
+    # without a lead-in): any answer holding the right item scores more than any that does not, and
+    # with the same lead-in, one more wrong candidate always scores less
+    from itertools import permutations
+
+    right, wrong = "15", ["150", "115", "16", "1.5", "15000", "51", "-15"]
+    scores = []  # (lead-in, holds the right item, number of wrong candidates, score)
+    for lead in ("", "The total is "):
+        for n_wrong in range(4):
+            for others in permutations(wrong, n_wrong):
+                for items in (list(others), [right, *others], [*others, right]):
+                    if items:
+                        area = lead + "\n".join(items)
+                        score = compute_score("subem", f"[Answer]\n{area}", "15")
+                        scores.append((lead, right in items, n_wrong, score))
+    assert min(s for _, has, _, s in scores if has) > 0.0
+    assert max(s for _, has, _, s in scores if not has) == 0.0
+    for lead in ("", "The total is "):
+        for n in range(3):
+            fewer = min(s for ld, has, k, s in scores if ld == lead and has and k == n)
+            more = max(s for ld, has, k, s in scores if ld == lead and has and k == n + 1)
+            assert more < fewer, (lead, n)
+    # a right answer next to a wrong one scores higher than the wrong one alone, for several golds
+    for gold, right, wrong in [("support", "support", "oppose"), ("state_3", "state_3", "state_13"),
+                               ("Cluster_A 25.00%", "Cluster_A 25.00%", "Cluster_A 25.01%"), ("猫", "猫", "狗")]:
+        assert compute_score("subem", f"[Answer]\n{right}\n{wrong}", gold) > compute_score("subem", f"[Answer]\n{wrong}", gold)
+        assert compute_score("subem", f"[Answer]\n{right}", gold) > compute_score("subem", f"[Answer]\n{right}\n{wrong}", gold)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ class RewardConfig:
     memory_limit_mb: int = option(2048, "Address space (RLIMIT_AS) a scoring worker may add to what it holds at start, so no output can exhaust memory.")
     require_think_close: bool = option(False, "Score 0 when a response has no closing </think> (for thinking models whose template opens <think>).")
     pass_threshold: float = option(0.5, "A response counts as passing when its reward is at least this (pass-rate metrics, calibration).")
-    subem_length_ratio: float = option(1.0, "SubEM anti-enumeration: credit scales by min(1, ratio * gold length / answer length); 1.0 makes listing candidates no better than guessing.")
+    subem_length_ratio: float = option(1.0, "SubEM anti-enumeration: credit scales by min(1, ratio * gold words / answer words); 1.0 makes listing candidates no better than guessing.")
     start_method: Literal["forkserver", "spawn"] = option("forkserver", "How scoring workers start (never fork: the trainer holds torch/vLLM threads); forkserver replaces a killed worker fastest.")
     worker_max_items: int = option(5000, "A scoring worker is replaced after this many items, so nothing a long run scores accumulates in it.")
     extra_modules: list[str] = option([], "Modules every scoring worker imports at start, e.g. ones that @register your own reward types.")

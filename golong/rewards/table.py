@@ -51,14 +51,16 @@ def cell_key(value) -> tuple[str, object]:
 
 
 def parse_table(text) -> tuple[list[str], list[tuple]]:
-    """(normalized column names, row keys) of a table given as JSON text or as a dict."""
+    """(normalized column names, row keys) of a table given as JSON text or as a dict.
+
+    A table is a JSON object with a `columns` list and a `data` list (appendix B.7's format);
+    anything else (`{}`, `{"answer": "Berlin"}`, a list, a string) is not one and raises ValueError."""
     table = json.loads(text) if isinstance(text, str) else text
-    if not isinstance(table, dict) or not isinstance(table.get("data", []), list):
-        raise ValueError("a table is a JSON object with a `data` list")
-    raw_columns = table.get("columns", [])
-    raw_columns = raw_columns if isinstance(raw_columns, list) else []
+    if not (isinstance(table, dict) and isinstance(table.get("columns"), list) and isinstance(table.get("data"), list)):
+        raise ValueError('a table is a JSON object {"columns": [...], "data": [...]}')
+    raw_columns = table["columns"]
     rows = []
-    for row in table.get("data", []):
+    for row in table["data"]:
         if isinstance(row, dict):  # {"column": value, ...}: values in column order when it names them all
             named = len(row) == len(raw_columns) and all(isinstance(c, str) and c in row for c in raw_columns)
             row = [row[c] for c in raw_columns] if named else list(row.values())
@@ -78,11 +80,17 @@ def reorder(rows: list[tuple], columns: list[str], target: list[str]) -> list[tu
 
 @register("iou")
 def table_iou(answer: Answer, gold, rules: ScoringRules) -> float:
-    """T5. |P ∩ G| / |P ∪ G| over the rows as multisets of tuples of cell keys (see `cell_key`).
+    """T5 (appendix B.7: "IoU-based Structured Match, which deserializes both the predicted JSON and
+    the reference JSON into structured objects and computes the Intersection-over-Union of their
+    attributes"; the answer is `{"columns": [...], "data": [...]}` between <answer> tags, and
+    `{"columns": [], "data": []}` when the answer cannot be inferred from the tables).
 
-    Column order does not matter when the predicted columns are a permutation of the gold's (cells
-    are reordered to the gold's order). Both tables empty is the correct "cannot be inferred" answer
-    and scores 1; an answer whose JSON does not parse scores 0.
+    |P ∩ G| / |P ∪ G| over the rows as multisets of tuples of cell keys (see `cell_key`). Column
+    order does not matter when the predicted columns are a permutation of the gold's (cells are
+    reordered to the gold's order). An explicit empty table against the empty gold is the correct
+    "cannot be inferred" answer and scores 1. An answer whose JSON does not parse, or is not a table
+    (`{}`, `{"answer": "Berlin"}`: no `columns` and `data` lists), scores 0, even against the empty
+    gold: saying nothing is not the same as saying the tables cannot answer.
     """
     gold_columns, gold_rows = parse_table(gold)
     try:
