@@ -8,7 +8,7 @@ import yaml
 from golong.config import Config, ConfigError, load_config
 from golong.configlib import parse_override, reference_markdown, to_dict
 
-RECIPES = ["tiny-cpu", "qwen3-4b-grpo", "qwen3-4b-tmn-reweight", "qwen3-30b-a3b-grpo"]
+RECIPES = ["tiny-cpu", "qwen3-4b-grpo", "qwen3-4b-tmn-reweight", "qwen3-30b-a3b-grpo", "qwen3-30b-a3b-tmn-reweight"]
 BASE = ["model.path=some/model"]
 
 
