@@ -126,8 +126,6 @@ def test_subset_is_reproducible_uniform_and_in_file_order():
 
 
 def test_loader_keeps_only_the_subset(tmp_path):
-    from golong.data.config import DataConfig as _  # noqa: F401  (the section the recipe fills)
-
     path = write_rows(tmp_path / "rows.jsonl", 50)
     everything = load_examples([path], DataConfig())
     assert len(everything.examples) == 50 and everything.num_rows_before_subset == 0
