@@ -114,7 +114,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 
 def test_resolved_config_round_trips():
-    cfg = load_config(None, BASE + ["algorithm.advantage.params.alpha=0.8"])
+    cfg = load_config(None, BASE + ["algorithm.advantage.name=tmn_reweight", "algorithm.advantage.params.alpha=0.8"])
     again = load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                                for k, v in _flatten(to_dict(cfg))])
     assert again == cfg
