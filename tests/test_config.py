@@ -8,7 +8,7 @@ import yaml
 from golong.config import Config, ConfigError, load_config
 from golong.configlib import parse_override, reference_markdown, to_dict
 
-RECIPES = ["tiny-cpu", "qwen3-4b-grpo", "qwen3-4b-tmn-reweight", "qwen3-30b-a3b-grpo"]
+RECIPES = ["tiny-cpu", "qwen3-4b-grpo", "qwen3-4b-tmn-reweight", "qwen3-30b-a3b-grpo", "qwen3-30b-a3b-tmn-reweight"]
 BASE = ["model.path=some/model"]
 
 
@@ -114,7 +114,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 
 def test_resolved_config_round_trips():
-    cfg = load_config(None, BASE + ["algorithm.advantage.params.alpha=0.8"])
+    cfg = load_config(None, BASE + ["algorithm.advantage.name=tmn_reweight", "algorithm.advantage.params.alpha=0.8"])
     again = load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                                for k, v in _flatten(to_dict(cfg))])
     assert again == cfg

@@ -10,11 +10,11 @@ with `algorithm.advantage.name: package.module:ClassName`, or `@register("name")
 """
 from golong.advantage.base import AdvantageEstimator, AdvantageStats
 from golong.advantage.batch import GroupedRewards
-from golong.advantage.registry import build, register, registered_names
+from golong.advantage.registry import build, register, registered_names, resolve
 
 # Importing the modules registers their estimators.
 from golong.advantage.grpo import GRPO, DrGRPO, TaskStd  # noqa: E402
 from golong.advantage.tmn import TMNReweight  # noqa: E402
 
-__all__ = ["AdvantageEstimator", "AdvantageStats", "GroupedRewards", "build", "register", "registered_names",
+__all__ = ["AdvantageEstimator", "AdvantageStats", "GroupedRewards", "build", "register", "registered_names", "resolve",
            "GRPO", "DrGRPO", "TaskStd", "TMNReweight"]

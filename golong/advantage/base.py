@@ -95,6 +95,10 @@ class AdvantageEstimator:
     # The loss aggregation this estimator is designed for; the loss config's `agg_mode: auto`
     # follows it ("constant-norm" for dr_grpo, Eq. 3). None: the trainer's default (token-mean, Eq. 4).
     preferred_loss_agg: ClassVar[str | None] = None
+    # True: the advantage compares a response with the other responses to its prompt (a group
+    # baseline), so rollout.n = 1 makes every advantage 0; config validation then asks for
+    # rollout.n >= 2. An estimator that needs no group (e.g. a learned or fixed baseline) sets False.
+    needs_groups: ClassVar[bool] = True
     last_stats: AdvantageStats | None = None
 
     def compute(self, batch: GroupedRewards) -> torch.Tensor:

@@ -76,16 +76,24 @@ def _check_params(name: str, cls: type, params: dict) -> None:
                           f"{', '.join(accepted) or 'no parameters'} (algorithm.advantage.params).{hint}") from None
 
 
-def build(name: str, **params) -> AdvantageEstimator:
-    """The estimator registered as `name`, or the class at `package.module:ClassName`, built with `params`."""
+def resolve(name: str) -> type[AdvantageEstimator]:
+    """The class registered as `name`, or imported from `package.module:ClassName`; ConfigError otherwise."""
     if ":" in name:
-        cls = _import_estimator(name)
-    elif name in _ESTIMATORS:
-        cls = _ESTIMATORS[name]
-    else:
-        close = difflib.get_close_matches(name, _ESTIMATORS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown advantage estimator {name!r}.{hint} Valid names: {', '.join(registered_names())}, "
-                          f"or package.module:ClassName for your own AdvantageEstimator subclass")
+        return _import_estimator(name)
+    if name in _ESTIMATORS:
+        return _ESTIMATORS[name]
+    close = difflib.get_close_matches(name, _ESTIMATORS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown advantage estimator {name!r}.{hint} Valid names: {', '.join(registered_names())}, "
+                      f"or package.module:ClassName for your own AdvantageEstimator subclass")
+
+
+def build(name: str, **params) -> AdvantageEstimator:
+    """The estimator registered as `name`, or the class at `package.module:ClassName`, built with `params`.
+
+    Unknown names, import failures and parameters the class does not take raise ConfigError; a value
+    the estimator's own __init__ rejects (e.g. tmn_reweight alpha outside [0, 1]) raises its ValueError.
+    """
+    cls = resolve(name)
     _check_params(name, cls, params)
     return cls(**params)

@@ -3,11 +3,15 @@
     data = load_examples(cfg.train_files, cfg)   # raises DataError on the first bad row, or skips
     data.examples, data.num_bad_rows_skipped      # and counts them, by cfg.on_bad_row
 
+With `cfg.max_rows` the examples are a fixed random subset of the usable rows (`subset_rows`), taken
+here, before any prompt is templated or tokenized.
+
 With `cfg.format == "auto"` each file's format is told from its first row (released records have
 `prompt` and `reward_model`, native rows do not); every row of the file must then be of that format.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ class LoadedData:
     num_bad_rows_skipped: int  # 0 unless cfg.on_bad_row == "skip"
     bad_rows: list[DataError] = field(default_factory=list)  # the skipped rows' errors, in file order
     formats: dict[str, str] = field(default_factory=dict)  # file -> "native" | "released"
+    num_rows_before_subset: int = 0  # usable rows before data.max_rows picked a subset (0: no subset taken)
 
     def task_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(e.task for e in self.examples).items()))
@@ -61,4 +66,14 @@ def load_examples(files: list[str], cfg: DataConfig) -> LoadedData:
         data.formats[path] = fmt
     if not data.examples:
         raise DataError(", ".join(files), 0, "(file)", f"no usable rows ({data.num_bad_rows_skipped} bad rows skipped)")
+    if cfg.max_rows and len(data.examples) > cfg.max_rows:
+        data.num_rows_before_subset = len(data.examples)
+        data.examples = [data.examples[i] for i in subset_rows(len(data.examples), cfg.max_rows, cfg.subset_seed)]
     return data
+
+
+def subset_rows(num_rows: int, size: int, seed: int) -> list[int]:
+    """`size` of the row indices 0..num_rows-1, drawn uniformly without replacement, in file order.
+    A pure function of its arguments (a string seed is hashed with SHA-512, the same in every process
+    and Python version), so every rank and every resumed run trains on the same rows."""
+    return sorted(random.Random(f"golong-subset:{seed}").sample(range(num_rows), size))

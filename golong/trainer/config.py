@@ -81,7 +81,9 @@ class TrainerConfig:
     export_hf: bool = option(True, "Write an HF-format model (safetensors, config, tokenizer) to output_dir/hf at the end.")
     seed: int = option(1, "Seed of the trainer's torch generator, set once both engines have started (sampling: rollout.seed).")
     lr: float = option(2e-6, "AdamW learning rate (Table 12: 2e-6).")
-    weight_decay: float = option(0.1, "AdamW weight decay (Table 12: 0.1).")
+    weight_decay: float = option(0.1, "AdamW weight decay (Table 12: 0.1) of the weight matrices and embeddings.")
+    weight_decay_norms_and_biases: bool = option(
+        False, "Also decay norm weights and biases (1-D parameters); false exempts them, as Megatron (the released scripts) does.")
     adam_betas: list[float] = option([0.9, 0.999], "AdamW betas.")
     warmup_steps: int = option(5, "Linear warm-up steps, then constant (Table 12: 5).")
     grad_clip: float = option(1.0, "Gradient-norm clipping (Table 12: 1.0).")
@@ -106,6 +108,11 @@ class TrainerConfig:
             raise invalid("adam_betas", f"needs two values, got {self.adam_betas}", "e.g. [0.9, 0.999]")
         if self.offload_params and self.zero_stage != 3:
             raise invalid("offload_params", f"needs zero_stage 3, got {self.zero_stage}", "set zero_stage: 3 or offload_params: false")
+        if "optimizer" in self.deepspeed and self.weight_decay and not self.weight_decay_norms_and_biases:
+            raise invalid("deepspeed.optimizer", "DeepSpeed builds that optimizer over all parameters in one group, "
+                          "so norm weights and biases would be decayed although weight_decay_norms_and_biases is false",
+                          "remove trainer.deepspeed.optimizer (golong builds AdamW, or DeepSpeed's CPU Adam with "
+                          "offload_optimizer, with the right groups), or set weight_decay_norms_and_biases: true")
         if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
             raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 1024")
 

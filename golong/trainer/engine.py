@@ -97,10 +97,39 @@ def deepspeed_config(cfg: TrainerConfig, dtype: torch.dtype, *, training: bool =
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    if cfg.offload_optimizer and training:  # ZeRO-Offload insists on its own CPU Adam (a JIT-built op)
-        config["optimizer"] = {"type": "AdamW", "params": {
-            "lr": cfg.lr, "betas": list(cfg.adam_betas), "weight_decay": cfg.weight_decay}}
     return _deep_merge(config, cfg.deepspeed)
+
+
+def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
+    """Megatron's no-weight-decay rule: biases and every 1-D parameter (RMSNorm/LayerNorm weights).
+    Under ZeRO-3 a parameter's own tensor is a flat shard; `ds_shape` is its full shape."""
+    return name.endswith(".bias") or len(getattr(param, "ds_shape", param.shape)) == 1
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool) -> list[dict]:
+    """AdamW parameter groups: matrices and embeddings get `weight_decay`; norm weights and biases get 0
+    unless `decay_norms_and_biases` (trainer.weight_decay_norms_and_biases). Empty groups are left out."""
+    decayed, exempt = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (exempt if is_norm_or_bias(name, param) and not decay_norms_and_biases else decayed).append(param)
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainerConfig, ds_config: dict):
+    """The client optimizer DeepSpeed wraps, or None when the raw config names its own (trainer.deepspeed.optimizer;
+    validation refuses that unless norms and biases are decayed too, since DeepSpeed would put all in one group).
+    ZeRO-Offload needs DeepSpeed's CPU Adam (a JIT-built op); otherwise torch AdamW (no JIT-built op)."""
+    if "optimizer" in ds_config:
+        return None
+    groups = adamw_param_groups(model, cfg.weight_decay, cfg.weight_decay_norms_and_biases)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    if cfg.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def warmup_then_constant(warmup_steps: int):
@@ -145,10 +174,8 @@ class PolicyEngine:
             self.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         wrapper = self._wrap(self.module, ds_config, temperature, trainer_cfg.logprob_chunk_size)
 
-        optimizer = scheduler = None
-        if "optimizer" not in ds_config:  # torch AdamW: no JIT-built op, accepted by ZeRO as a client optimizer
-            optimizer = torch.optim.AdamW(self.module.parameters(), lr=trainer_cfg.lr,
-                                          betas=tuple(trainer_cfg.adam_betas), weight_decay=trainer_cfg.weight_decay)
+        optimizer = build_optimizer(self.module, trainer_cfg, ds_config)
+        scheduler = None
         if "scheduler" not in ds_config:  # DeepSpeed calls it with the optimizer it wraps
             scheduler = functools.partial(torch.optim.lr_scheduler.LambdaLR,
                                           lr_lambda=warmup_then_constant(trainer_cfg.warmup_steps))
