@@ -13,34 +13,39 @@ import yaml
 from golong.configlib import ConfigError, reference_markdown, to_dict
 
 
-def _train(args: argparse.Namespace) -> int:
-    from golong.config import Config, load_config
+def run_command(args: argparse.Namespace) -> int:
+    """The one error path of every command: a user's mistake (bad recipe, bad data, missing file) is one
+    line naming the fix and exit status 2; anything else is a bug and keeps its traceback."""
+    from golong.data.schema import DataError
 
     try:
-        cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as e:
-        print(f"golong: config error: {e}", file=sys.stderr)
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"golong: error: {e}", file=sys.stderr)
         return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from golong.config import load_config
+
+    cfg = load_config(args.recipe, args.overrides)
     if args.dry_run:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         print(f"# {args.recipe}: valid ({len(args.overrides)} override(s))", file=sys.stderr)
         return 0
-    assert isinstance(cfg, Config)
-    from golong.data.schema import DataError
+    from golong.console import quiet_imports
+
+    quiet_imports(cfg.logging.verbose)  # before DeepSpeed and vLLM are imported
     from golong.trainer.loop import train
 
-    try:
-        train(cfg)
-    except (ConfigError, DataError) as e:  # a user's mistake, found before the first step
-        print(f"golong: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    train(cfg)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from golong.trainer.loop import export_checkpoint
+    from golong.trainer.export import export_checkpoint
 
-    export_checkpoint(args.run_dir, args.out)
+    print(f"HF model written to {export_checkpoint(args.run_dir, args.out)}")
     return 0
 
 
@@ -100,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from golong.world import World, current_world
 
 RUN_STATE_FILE = "run_state.json"  # written last inside a checkpoint: its presence marks the folder complete
 LATEST_FILE = "latest"
@@ -75,17 +76,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _write_atomic(path: str, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old content or the new one, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -119,11 +109,12 @@ class Checkpointer:
     `save` and `load` are collective: every rank calls them (DeepSpeed's save and load are).
     """
 
-    def __init__(self, output_dir: str, keep_last: int):
+    def __init__(self, output_dir: str, keep_last: int, world: World | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.root = os.path.join(output_dir, "checkpoints")
         self.keep_last = keep_last
+        self.world = world or current_world()
 
     @staticmethod
     def dir_name(step: int) -> str:
@@ -148,8 +139,7 @@ class Checkpointer:
         """
         complete = self._complete_steps()
         newest = complete[max(complete)] if complete else None
-        rank, _ = _rank_and_world()
-        if clean_up and rank == 0 and os.path.isdir(self.root):
+        if clean_up and self.world.is_main and os.path.isdir(self.root):
             for name in os.listdir(self.root):
                 path = os.path.join(self.root, name)
                 half_written = name.startswith(TMP_PREFIX) or (_STEP_DIR.match(name) and path not in complete.values())
@@ -170,18 +160,18 @@ class Checkpointer:
         run_state.json, renames the folder into place, updates `latest` and deletes checkpoints beyond
         the newest `keep_last`.
         """
-        rank, world = _rank_and_world()
+        rank, world = self.world.rank, self.world.size
         name = self.dir_name(state.step)
         tmp_name = TMP_PREFIX + name
         tmp_dir, final_dir = os.path.join(self.root, tmp_name), os.path.join(self.root, name)
         if rank == 0:
             os.makedirs(self.root, exist_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a save killed at this very step
-        _barrier()
+        self.world.barrier()
 
         engine.save_checkpoint(self.root, tag=tmp_name, save_latest=False)  # collective; ends with a barrier
         _write_atomic(os.path.join(tmp_dir, f"rng_rank_{rank:05d}.json"), json.dumps(capture_rng_state()))
-        _barrier()  # every rank's files are on disk
+        self.world.barrier()  # every rank's files are on disk
 
         if rank == 0:
             _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
@@ -192,7 +182,7 @@ class Checkpointer:
             _fsync_dir(self.root)
             _write_atomic(os.path.join(self.root, LATEST_FILE), name)  # last: it only ever names a complete folder
             self._delete_old()
-        _barrier()
+        self.world.barrier()
         return final_dir
 
     def _delete_old(self) -> None:
@@ -204,7 +194,7 @@ class Checkpointer:
         """Load checkpoint folder `path` into `engine` (weights, optimizer, lr scheduler), restore this
         rank's RNG states, and return the loop's RunState. Called by every rank, on a freshly built engine
         (DeepSpeed ZeRO-3 cannot load into an engine that has already trained)."""
-        rank, world = _rank_and_world()
+        rank, world = self.world.rank, self.world.size
         with open(os.path.join(path, RUN_STATE_FILE), encoding="utf-8") as f:
             saved = json.load(f)
         if saved["world_size"] != world:
