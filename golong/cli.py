@@ -50,6 +50,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
+    from golong.console import is_verbose, quiet_imports
+
+    quiet_imports()
+    if not is_verbose():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one tiny shard: its progress bar says nothing
     from golong.data.synthetic import ANIMALS, COLOURS, LETTERS, demo_corpus, make_demo_dataset
     from golong.tiny_model import TinyModelSpec, build_tiny_model
 

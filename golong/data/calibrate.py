@@ -73,7 +73,7 @@ class CalibrationSummary:
 
 def summarize(labels: list[str]) -> CalibrationSummary:
     counts = Counter(labels)
-    return CalibrationSummary({k: counts.get(k, 0) for k in LABELS})
+    return CalibrationSummary(counts={k: counts.get(k, 0) for k in LABELS})
 
 
 def annotate(row: dict, released: bool, label: str, p1: float, p2: float | None) -> dict:

@@ -156,8 +156,8 @@ class PolicyEngine:
 
     def _load_model(self, model_cfg: ModelConfig, ds_config: dict, dtype: torch.dtype):
         # Under ZeRO-3 transformers reads this (kept alive) config and builds the model inside
-        # deepspeed.zero.Init, loading each rank's shard only (ENVIRONMENT.md: wrapping
-        # from_pretrained in zero.Init by hand fails in transformers 5).
+        # deepspeed.zero.Init, loading each rank's shard only (wrapping
+        # from_pretrained in zero.Init ourselves fails in transformers 5).
         hf_ds_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
         model = AutoModelForCausalLM.from_pretrained(
             model_cfg.path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,

@@ -66,7 +66,7 @@ class PromptSet:
 
 @dataclass
 class Run:
-    """Everything a step touches: the config, the components, and the loop's own state."""
+    """Everything a step touches: the config and the components."""
 
     cfg: Config
     world: World
@@ -88,9 +88,9 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     cfg, world, policy = run.cfg, run.world, run.policy
 
     # 1-3. prompts -> G responses each -> rewards (more rounds while dynamic sampling drops groups)
-    step = collect_rollouts(run)
-    rollouts, sampled = step.train, step.sampled
-    collected = {**step.metrics(), "time/rollout": sampled.generate_seconds, "time/reward": sampled.score_seconds}
+    sampling = collect_rollouts(run)
+    rollouts, sampled = sampling.train, sampling.sampled
+    collected = {**sampling.metrics(), "time/rollout": sampled.generate_seconds, "time/reward": sampled.score_seconds}
     if not len(rollouts):  # every prompt filtered, or (dynamic sampling) no group with differing rewards
         logger.warning("step with nothing to train on (%d responses sampled): no update", len(sampled))
         return {"batch/responses": 0.0, **collected, **(reward_metrics(run, sampled) if len(sampled) else {})}
