@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager, redirect_stdout
 
 logger = logging.getLogger("golong")
 
@@ -37,13 +36,12 @@ QUIET_RECORDS = [
     # vLLM loads the float32 checkpoint into its bfloat16 engine (rollout.dtype) on purpose.
     ("vllm", r"Attempted to load weight .* into parameter with dtype"),
     # vLLM's CPU backend: performance hints and notes that do not apply to golong's colocated engine.
-    ("vllm", r"torch\.set_num_threads|is not found in LD_PRELOAD|Triton is not installed|requires Triton"),
+    ("vllm", r"torch\.set_num_threads|is not found in LD_PRELOAD|Triton is (not )?installed|requires Triton"),
     ("vllm", r"Reset SSM cache type|The global random seed is set to"),
 ]
 
 _console_format = logging.Formatter("[golong] %(message)s")
 _file_format = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-_log_file: str | None = None
 
 
 def is_verbose(verbose: bool = False) -> bool:
@@ -78,7 +76,6 @@ class _Known(logging.Filter):
 def setup_console(log_dir: str | None, rank: int, verbose: bool = False) -> str | None:
     """golong's lines on rank 0's console (warnings from every rank); third-party loggers to the log file
     in full and to the console only for unknown warnings. Returns the log file (None when verbose)."""
-    global _log_file
     golong = logging.getLogger("golong")
     golong.handlers.clear()
     golong.propagate = False
@@ -91,8 +88,8 @@ def setup_console(log_dir: str | None, rank: int, verbose: bool = False) -> str 
         return None
 
     os.makedirs(log_dir, exist_ok=True)
-    _log_file = os.path.join(log_dir, f"rank{rank}.log")
-    to_file = logging.FileHandler(_log_file, encoding="utf-8")
+    log_file = os.path.join(log_dir, f"rank{rank}.log")
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
     to_file.setFormatter(_file_format)
     golong.addHandler(to_file)
     quiet = logging.StreamHandler(sys.stderr)
@@ -109,15 +106,4 @@ def setup_console(log_dir: str | None, rank: int, verbose: bool = False) -> str 
     logging.captureWarnings(True)  # Python warnings -> the "py.warnings" logger: file, and console if unknown
     for category, message in QUIET_WARNINGS:  # now logged to the file rather than dropped
         warnings.filterwarnings("default", message=message, category=category)
-    return _log_file
-
-
-@contextmanager
-def to_log_file():
-    """Python-level prints of third-party code (e.g. DeepSpeed's "op built successfully") into the log file;
-    a no-op without one (verbose, or no setup_console)."""
-    if _log_file is None:
-        yield
-        return
-    with open(_log_file, "a", encoding="utf-8") as f, redirect_stdout(f):
-        yield
+    return log_file

@@ -28,7 +28,6 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
-from golong.console import to_log_file
 from golong.trainer.attention import packed_attention_kwargs, resolve_attention
 from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
@@ -119,8 +118,10 @@ class PolicyEngine:
         self.device = torch.device("cpu")
         if get_accelerator().device_name() == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
             self.device = torch.device("cuda", self.world.local_rank)
-        with to_log_file():  # DeepSpeed prints that it built its CPU shared-memory op
-            deepspeed.init_distributed(dist_backend=self.world.backend)  # adopts the world's process group
+        # DeepSpeed's init JIT-compiles a shared-memory all-reduce op on CPU (minutes when its build cache is
+        # cold); only its AutoTP inference layers use it (inference_all_reduce), never ZeRO training.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend=self.world.backend)  # adopts the world's process group
         if model_cfg.dtype == "auto":
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
