@@ -66,7 +66,8 @@ class _Known(logging.Filter):
 
     def __init__(self):
         super().__init__()
-        self.patterns = [(name, re.compile(message)) for name, message in QUIET_RECORDS]
+        known = QUIET_RECORDS + [("py.warnings", message) for _, message in QUIET_WARNINGS]
+        self.patterns = [(name, re.compile(message)) for name, message in known]
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
