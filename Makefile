@@ -20,7 +20,8 @@ $(RDZV_TIMEOUT) s. Start every node with the same NNODES, MASTER_ADDR (node 0's 
 MASTER_PORT (open on node 0), and a distinct NODE_RANK." >&2; exit $$rc; }
 ARGS ?=
 
-# vLLM on CPU keeps its engine core in-process with a 1 GiB KV cache (ENVIRONMENT.md); ignored on GPU.
+# vLLM on CPU: the engine core stays in this process (weight sync hands it tensors by reference) with a
+# 1 GiB KV cache; both are ignored on GPU.
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -30,10 +31,12 @@ export TOKENIZERS_PARALLELISM ?= false
 install:
 	@bash scripts/install.sh
 
-test: install
+test:
+	@bash scripts/install.sh test
 	$(PYTHON) -m pytest -q --durations=15 $(ARGS)
 
-test-fast: install  ## the suite without the real-engine (slow) tests
+test-fast:  ## the suite without the real-engine (slow) tests
+	@bash scripts/install.sh test
 	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
 
 demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU ranks; writes runs/demo/

@@ -10,41 +10,53 @@ import sys
 
 import yaml
 
-from golong.configlib import ConfigError, reference_markdown, to_dict
+from golong.configlib import ConfigError, UsageError, reference_markdown, to_dict
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The one error path of every command: a user's mistake (bad recipe, bad data, missing file) is one
+    line naming the fix and exit status 2; anything else is a bug and keeps its traceback."""
+    from golong.data.schema import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, UsageError, FileNotFoundError) as e:
+        print(f"golong: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from golong.config import Config, load_config
+    from golong.config import load_config
 
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as e:
-        print(f"golong: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.recipe, args.overrides)
     if args.dry_run:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         print(f"# {args.recipe}: valid ({len(args.overrides)} override(s))", file=sys.stderr)
         return 0
-    assert isinstance(cfg, Config)
-    from golong.data.schema import DataError
+    from golong.console import quiet_imports
+
+    quiet_imports(cfg.logging.verbose)  # before DeepSpeed and vLLM are imported
     from golong.trainer.loop import train
 
-    try:
-        train(cfg)
-    except (ConfigError, DataError) as e:  # a user's mistake, found before the first step
-        print(f"golong: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    train(cfg)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from golong.trainer.loop import export_checkpoint
+    from golong.trainer.export import export_checkpoint
 
-    export_checkpoint(args.run_dir, args.out)
+    print(f"HF model written to {export_checkpoint(args.run_dir, args.out)}")
     return 0
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
+    from golong.console import is_verbose, quiet_imports
+
+    quiet_imports()
+    if not is_verbose():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one tiny shard: its progress bar says nothing
     from golong.data.synthetic import ANIMALS, COLOURS, LETTERS, demo_corpus, make_demo_dataset
     from golong.tiny_model import TinyModelSpec, build_tiny_model
 
@@ -100,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ from typing import Any, Literal, Union
 import yaml
 
 
+class UsageError(ValueError):
+    """A command-line argument or option a user got wrong (the CLI prints it as one line, exit status 2)."""
+
+
 class ConfigError(ValueError):
     """A recipe or override is wrong; the message names the key, its source and the fix."""
 

@@ -12,7 +12,8 @@ over all rows (`overall`), with r_ij the reward of response j of row i and G res
 
 `macro` averages each metric over tasks with equal weight (the paper's "Avg." over benchmarks).
 Under torchrun every rollout data-parallel group generates its share of the rows; rank 0 writes
-the report. The same generate-and-score pass drives `golong data calibrate`.
+the report. Rows are generated and scored by the rollout collector (golong/rollout/collect.py), as in
+training and `golong data calibrate`.
 """
 from __future__ import annotations
 
@@ -20,87 +21,8 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 
-from golong.data.config import DataConfig
 from golong.data.schema import Example
-
-
-@dataclass
-class ScoredGroups:
-    """The rewards of G responses for each of a list of examples."""
-
-    scores: list[list[float]]  # (num_examples, G); [] for a row that was not generated (prompt too long)
-    responses: list[list[str]]  # (num_examples, G) the decoded responses that were scored
-    num_too_long: int  # rows whose prompt exceeds data.max_prompt_length (or the engine's limit)
-    num_truncated: int  # responses cut at max_tokens
-
-
-def stop_token_ids(model_path: str, tokenizer) -> set[int]:
-    from transformers import GenerationConfig
-
-    ids = {tokenizer.eos_token_id}
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids |= set(eos if isinstance(eos, list) else [eos])
-    except OSError:  # no generation_config.json: the tokenizer's EOS is the only stop token
-        pass
-    return {i for i in ids if i is not None}
-
-
-def response_text(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
-    """A response as the reward reads it: the final stop token dropped, special tokens such as
-    `</think>` kept (the reasoning-block rules need them)."""
-    if ids and ids[-1] in stop_ids:
-        ids = ids[:-1]
-    return tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def generate_and_score(examples: list[Example], model_path: str, rollout_cfg, reward_cfg,
-                       data_cfg: DataConfig) -> ScoredGroups:
-    """rollout_cfg.n responses per example from the model at `model_path`, each scored by its reward.
-
-    Collective under torchrun: every rank calls it with the same examples and gets all the scores.
-    """
-    from transformers import AutoTokenizer
-
-    from golong.data.prompts import encode_prompts
-    from golong.rewards import RewardScorer, ScoreItem
-    from golong.rollout import RolloutEngine
-    from golong.trainer.distributed import all_gather_objects, init_world
-
-    world = init_world()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompts = encode_prompts(examples, tokenizer, data_cfg)
-    fits = [i for i, n in enumerate(prompts.lengths) if n <= data_cfg.max_prompt_length]
-    longest = max((int(prompts.lengths[i]) for i in fits), default=1)
-    engine = RolloutEngine(rollout_cfg, model_path, max_model_len=longest + rollout_cfg.max_response_length)
-    try:
-        mine = fits[engine.dp_rank::engine.dp_size]
-        batch = engine.generate([prompts[i] for i in mine])
-        stop_ids = stop_token_ids(model_path, tokenizer)
-        texts = [response_text(tokenizer, ids, stop_ids) for ids in batch.response_ids]
-        items = [ScoreItem(examples[mine[k]].reward_type, text, examples[mine[k]].ground_truth)
-                 for k, text in zip(batch.prompt_index, texts)]
-        scorer = RewardScorer(reward_cfg)
-        try:
-            scored = scorer.score(items).scores
-        finally:
-            scorer.close()
-        local: dict[int, tuple[list[float], list[str]]] = {mine[k]: ([], []) for k in batch.prompt_index}
-        for k, text, score in zip(batch.prompt_index, texts, scored):
-            local[mine[k]][0].append(float(score))
-            local[mine[k]][1].append(text)
-        # Gather before closing: vLLM's shutdown destroys the process group (RolloutEngine.close).
-        # Ranks of one tensor-parallel group hold the same results; the dict keeps one copy.
-        parts = dict(all_gather_objects((engine.dp_rank, (local, sum(batch.truncated))), world))
-    finally:
-        engine.close()
-    groups = {i: group for local, _ in parts.values() for i, group in local.items()}
-    scores = [groups[i][0] if i in groups else [] for i in range(len(examples))]
-    return ScoredGroups(scores=scores, responses=[groups[i][1] if i in groups else [] for i in range(len(examples))],
-                        num_too_long=len(examples) - len(groups),
-                        num_truncated=sum(truncated for _, truncated in parts.values()))
 
 
 def _metrics(groups: list[list[float]], pass_threshold: float) -> dict:
@@ -145,50 +67,13 @@ def format_table(report: dict) -> str:
 # Command line
 
 
-def add_sampling_args(p: argparse.ArgumentParser, g: int, temperature: float, top_p: float) -> None:
-    """Options shared by `golong eval` and `golong data calibrate`."""
-    p.add_argument("--g", type=int, default=g, help=f"responses per row (default {g})")
-    p.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature})")
-    p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling (default {top_p})")
-    p.add_argument("--max-tokens", type=int, default=16384, help="most tokens per response (default 16384)")
-    p.add_argument("--max-prompt-length", type=int, default=163840,
-                   help="rows with longer prompts are skipped and counted (default 163840)")
-    p.add_argument("--no-thinking", action="store_true", help="chat template with enable_thinking=False")
-    p.add_argument("--require-think-close", action="store_true",
-                   help="a response without </think> scores 0 (thinking models whose template opens <think>)")
-    p.add_argument("--pass-threshold", type=float,
-                   help="a response passes when its reward is at least this (default: reward.pass_threshold, 0.5)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism (default 1)")
-    p.add_argument("--gpu-memory-utilization", type=float,
-                   help="share of accelerator memory (CPU: of host memory) vLLM may take "
-                        "(default: rollout.gpu_memory_utilization)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-
-
-def configs_from_args(args: argparse.Namespace):
-    """The rollout, reward and data sections (RolloutConfig, RewardConfig, DataConfig) the sampling
-    options describe, validated; options left unset keep the sections' defaults."""
-    from golong.configlib import build
-    from golong.rewards.config import RewardConfig
-    from golong.rollout.config import RolloutConfig
-
-    def given(**values):
-        return {k: v for k, v in values.items() if v is not None}
-
-    rollout = build(RolloutConfig, given(
-        n=args.g, temperature=args.temperature, top_p=args.top_p, max_response_length=args.max_tokens,
-        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
-        seed=args.seed))
-    reward = build(RewardConfig, given(pass_threshold=args.pass_threshold, require_think_close=args.require_think_close))
-    data = build(DataConfig, {"max_prompt_length": args.max_prompt_length, "enable_thinking": not args.no_thinking})
-    return rollout, reward, data
-
-
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF model folder")
     p.add_argument("--data", required=True, nargs="+", help="native rows or released records (.jsonl/.parquet)")
     p.add_argument("--out", default="eval_report.json", help="JSON report path (default eval_report.json)")
     p.add_argument("--samples-out", help="also write every row's responses and scores here (.jsonl)")
+    from golong.rollout.options import add_sampling_args
+
     add_sampling_args(p, g=4, temperature=0.6, top_p=0.95)  # section 5.1 validation sampling
     p.set_defaults(func=run_eval)
 
@@ -203,18 +88,24 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> int:
     from golong.data.loader import load_examples
+    from golong.rollout.collect import collect_for_examples
+    from golong.rollout.options import configs_from_args
+    from golong.world import init_world
 
     rollout_cfg, reward_cfg, data_cfg = configs_from_args(args)
     examples = load_examples(args.data, data_cfg).examples
-    groups = generate_and_score(examples, args.model, rollout_cfg, reward_cfg, data_cfg)
-    if int(os.environ.get("RANK", "0")) != 0:
+    world = init_world()
+    rollouts = collect_for_examples(examples, args.model, rollout_cfg, reward_cfg, data_cfg, world)
+    if not world.is_main:
         return 0
+    scores, responses = rollouts.per_example(len(examples))
     threshold = reward_cfg.pass_threshold
+    num_truncated = int(rollouts.truncated.sum())
     report = {
         "model": args.model, "data": args.data, "g": rollout_cfg.n, "temperature": rollout_cfg.temperature,
         "top_p": rollout_cfg.top_p, "max_tokens": rollout_cfg.max_response_length, "pass_threshold": threshold,
-        **eval_report(examples, groups.scores, threshold),
-        "rows_skipped_too_long": groups.num_too_long, "responses_truncated": groups.num_truncated,
+        **eval_report(examples, scores, threshold),
+        "rows_skipped_too_long": rollouts.num_filtered, "responses_truncated": num_truncated,
     }
     write_json(args.out, report)
     if args.samples_out:
@@ -222,10 +113,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
         write_rows(args.samples_out, [
             {"id": e.id, "task": e.task, "reward_type": e.reward_type, "file": e.file, "row": e.row,
-             "responses": responses, "scores": scores}
-            for e, responses, scores in zip(examples, groups.responses, groups.scores) if scores])
+             "responses": texts, "scores": row_scores}
+            for e, texts, row_scores in zip(examples, responses, scores) if row_scores])
     print(format_table(report))
-    print(f"{groups.num_too_long} rows skipped (prompt too long), {groups.num_truncated} responses truncated; "
+    print(f"{rollouts.num_filtered} rows skipped (prompt too long), {num_truncated} responses truncated; "
           f"report written to {args.out}")
     return 0
 
@@ -240,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m golong.eval --model PATH --data FILE ...`, the same as `golong eval ...`."""
     parser = argparse.ArgumentParser(prog="golong eval", description=__doc__.split("\n\n")[0])
     _add_eval_args(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from golong.cli import run_command
+
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

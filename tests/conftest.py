@@ -10,7 +10,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# vLLM on CPU: keep the engine core in-process and its KV cache small (ENVIRONMENT.md).
+# vLLM on CPU: keep the engine core in-process (weight sync hands it tensors by reference) and its KV cache small.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

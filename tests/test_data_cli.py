@@ -37,7 +37,7 @@ def test_validate_reports_every_bad_row_and_fails(tmp_path, capsys):
 
 
 def test_validate_missing_file(tmp_path, capsys):
-    assert data_main(["validate", str(tmp_path / "nope.jsonl")]) == 1
+    assert data_main(["validate", str(tmp_path / "nope.jsonl")]) == 2  # a user error: one line, exit 2
     assert "file not found" in capsys.readouterr().err
 
 

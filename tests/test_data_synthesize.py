@@ -396,7 +396,7 @@ def test_an_output_is_resumed_only_by_the_same_subtask(tmp_path, server, capsys)
     assert json.loads(open(str(out) + ".done").readline())["subtask"] == "T2-a"
     other = synth_args(server, docs, out)
     other[other.index("T2-a")] = "T2-b"
-    assert cli.main(other) == 1
+    assert cli.main(other) == 2
     assert "was written with subtask 'T2-a', not 'T2-b'; give this run its own --out" in capsys.readouterr().err
     assert len(server.requests) == 1
 
@@ -499,23 +499,23 @@ def test_a_bad_document_stops_the_run_before_any_request(tmp_path, server, capsy
     docs = write_docs(tmp_path / "docs.jsonl", ["a", "b"])
     with open(docs, "a") as f:
         f.write(json.dumps({"id": "c", "body": "no text field"}) + "\n")
-    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl")) == 1
+    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl")) == 2
     assert "docs.jsonl: row 3: field `text`: missing or empty document text" in capsys.readouterr().err
     with open(docs, "a") as f:
         f.write(json.dumps({"id": "a", "text": "again"}) + "\n")
-    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl", "--text-field", "body")) == 1
+    assert cli.main(synth_args(server, docs, tmp_path / "qa.jsonl", "--text-field", "body")) == 2
     assert "row 1: field `body`: missing" in capsys.readouterr().err
     assert server.requests == []
     twice = write_docs(tmp_path / "twice.jsonl", ["a", "b", "a"])
-    assert cli.main(synth_args(server, twice, tmp_path / "qa.jsonl")) == 1
+    assert cli.main(synth_args(server, twice, tmp_path / "qa.jsonl")) == 2
     assert "row 3: field `id`: repeats 'a'; document ids must be unique" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, server, capsys):
     docs = write_docs(tmp_path / "docs.jsonl", ["x"])
-    assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--task", "T3"]) == 1
+    assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--task", "T3"]) == 2
     assert "--subtask: task T3 has several prompts" in capsys.readouterr().err
-    assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--subtask", "T3-a"]) == 1
+    assert cli.main(["synthesize", "--docs", docs, "--out", str(tmp_path / "o.jsonl"), "--subtask", "T3-a"]) == 2
     assert "give --model NAME, or --bins" in capsys.readouterr().err
 
 

@@ -31,7 +31,7 @@ def assert_refused(out: subprocess.CompletedProcess, *fragments: str) -> None:
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert out.stdout == "" and "Traceback" not in out.stderr
     line = out.stderr.strip()
-    assert line.startswith("golong: config error: ") and "\n" not in line, line
+    assert line.startswith("golong: error: ") and "\n" not in line, line
     for fragment in fragments:
         assert fragment in line, (fragment, line)
 

@@ -8,7 +8,8 @@ from transformers import AutoTokenizer
 from golong.data.config import DataConfig
 from golong.data.loader import load_examples
 from golong.data.schema import Example
-from golong.eval import eval_report, format_table, main as eval_main, response_text
+from golong.eval import eval_report, format_table, main as eval_main
+from golong.rollout.collect import response_text
 from golong.rewards import compute_score
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

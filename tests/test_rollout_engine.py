@@ -76,8 +76,7 @@ def test_truncation_flags_with_tiny_max_tokens(engine):
     batch = engine.generate(PROMPTS, n=2, max_tokens=3)
     assert [len(ids) for ids in batch.response_ids] == [3] * 6
     assert batch.finish_reasons == ["length"] * 6 and batch.truncated == [True] * 6
-    assert batch.metrics()["rollout/truncated_ratio"] == 1.0
-    assert batch.metrics()["rollout/response_length_mean"] == 3.0
+    assert batch.num_tokens == 18
 
 
 def test_prompts_that_leave_no_room_for_max_tokens_are_filtered(engine):
@@ -87,7 +86,6 @@ def test_prompts_that_leave_no_room_for_max_tokens_are_filtered(engine):
     batch = engine.generate(prompts, n=2, max_tokens=8)
     assert batch.num_filtered == 2 and batch.filtered_index == [1, 2]
     assert batch.prompt_index == [0, 0, 3, 3]
-    assert batch.metrics()["rollout/num_filtered_prompts"] == 2.0
     # the rule is prompt + max_tokens: with 2 new tokens the 57-token prompt fits
     assert engine.generate(prompts, n=1, max_tokens=2).filtered_index == [2]
 
@@ -95,7 +93,7 @@ def test_prompts_that_leave_no_room_for_max_tokens_are_filtered(engine):
 def test_all_prompts_filtered_gives_an_empty_batch(engine):
     batch = engine.generate([[1] * 60], n=2, max_tokens=8)
     assert batch.num_filtered == 1 and batch.response_ids == [] and batch.prompt_index == []
-    assert batch.metrics()["rollout/num_filtered_prompts"] == 1.0
+    assert batch.num_tokens == 0
 
 
 def eos_only_model(model, eos: int) -> None:

@@ -77,16 +77,12 @@ def test_logprob_abs_diff_is_the_token_mean():
         logprob_abs_diff(trainer, rollout[:3])
 
 
-def test_batch_metrics():
+def test_batch_token_counts():
     batch = RolloutBatch(prompt_index=[0, 0, 1, 1], response_ids=[[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]],
                          logprobs=[[0.0] * 3, [0.0], [0.0] * 2, [0.0] * 4],
                          finish_reasons=["stop", "stop", "length", "stop"], truncated=[False, False, True, False],
                          num_filtered=1, filtered_index=[2], seconds=2.0)
-    assert batch.metrics() == {
-        "rollout/tokens_per_s": 5.0, "rollout/num_filtered_prompts": 1.0, "rollout/truncated_ratio": 0.25,
-        "rollout/response_length_mean": 2.5, "rollout/response_length_max": 4.0,
-        "rollout/response_length_min": 1.0,
-    }
+    assert batch.num_tokens == 10 and batch.tokens_per_second == 5.0
 
 
 @pytest.mark.parametrize("key, value", [("tensor_parallel_size", 0), ("gpu_memory_utilization", 1.5),

@@ -4,6 +4,7 @@ One uninterrupted 2-rank run is shared by several tests; a second run of the sam
 SIGKILL after its second checkpoint and resumed, and must match the first step for step.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -80,13 +81,22 @@ def test_two_rank_run_writes_everything(full_run):
         assert all(key in r for r in records), key
     for r in records:
         assert r["batch/responses"] == 4 * 4  # prompts_per_step x n, over both ranks
+        assert (r["sampling/rounds"], r["sampling/prompts_drawn"], r["sampling/groups_kept"]) == (1, 4, 4)
         # vLLM (bf16) and the trainer (fp32) see the same weights after every sync.
         assert r["rollout/logprob_abs_diff"] < 0.05
     assert records[-1]["actor/lr"] > 0
     saved = yaml.safe_load((full_run / "config.yaml").read_text())
     assert saved["trainer"]["total_steps"] == STEPS and saved["algorithm"]["advantage"]["name"] == "tmn_reweight"
     assert (full_run / "reward_per_task.png").stat().st_size > 1000
-    assert sorted(os.listdir(full_run / "checkpoints" / f"step_{STEPS:06d}"))
+    files = set(os.listdir(full_run / "checkpoints" / f"step_{STEPS:06d}"))
+    assert {"run_state.json", "rng_rank_00000.json", "rng_rank_00001.json"} <= files
+    for rank in (0, 1):  # each rank's ZeRO-3 shard of the weights and of the optimizer state
+        assert f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in files
+        assert any(f.endswith(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt") for f in files), files
+    state = json.loads((full_run / "checkpoints" / f"step_{STEPS:06d}" / "run_state.json").read_text())
+    assert state["step"] == STEPS and state["world_size"] == 2 and state["sampler"]["cursor"] == 4 * STEPS
+    logs = full_run / "logs"  # third-party output of each rank, kept in full
+    assert {"rank0.log", "rank1.log"} <= set(os.listdir(logs)) and "Attempted to load weight" in (logs / "rank0.log").read_text()
     assert {"step_000003", "step_000004"} <= set(os.listdir(full_run / "checkpoints"))
     assert "step_000002" not in os.listdir(full_run / "checkpoints")  # keep_last=2
 
@@ -96,7 +106,7 @@ def test_two_rank_run_writes_everything(full_run):
 def test_weights_change_and_hf_export_matches_the_checkpoint(full_run, demo_assets, tmp_path):
     from safetensors.torch import load_file
 
-    from golong.trainer.loop import export_checkpoint
+    from golong.trainer.export import export_checkpoint
 
     exported = load_file(str(full_run / "hf" / "model.safetensors"))
     initial = load_file(str(demo_assets / "model" / "model.safetensors"))
@@ -131,14 +141,23 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(full_run, dem
 
 
 @pytest.mark.slow
-def test_user_estimator_from_outside_the_package_trains_a_step(demo_assets, tmp_path):
+def test_user_estimator_two_ppo_epochs_and_overlong_mask_in_one_process(demo_assets, tmp_path):
     out = tmp_path / "custom"
-    run_training(demo_assets, out, "trainer.total_steps=1", "trainer.export_hf=false",
-                 "algorithm.advantage.name=tests.custom_estimator:MyEstimator",
-                 "algorithm.advantage.params={clip: 1.0}", nproc=1)
+    proc = run_training(demo_assets, out, "trainer.total_steps=1", "trainer.export_hf=false", "logging.plot=false",
+                        "algorithm.advantage.name=tests.custom_estimator:MyEstimator",
+                        "algorithm.advantage.params={clip: 1.0}", "algorithm.ppo_epochs=2", "rollout.overlong_mask=true",
+                        "trainer.lr=0.003", "trainer.warmup_steps=2", nproc=1)
     (record,) = metrics_of(out)
     assert "advantage/clipped_fraction" in record and 0.0 <= record["advantage/clipped_fraction"] <= 1.0
-    assert record["actor/grad_norm"] >= 0
+    # Two optimizer updates in the step: the LR schedule (k / warmup_steps) is at its second update's 2/2.
+    assert record["actor/lr"] == pytest.approx(0.003)
+    assert math.isfinite(record["actor/grad_norm"]) and record["actor/grad_norm"] >= 0.0
+    # overlong_mask: only responses that ended with EOS are in the loss, counted once per PPO epoch.
+    with_eos = round(record["batch/responses"] * (1 - record["response_length/truncated_ratio"]))
+    assert record["actor/responses"] == 2 * with_eos
+    # start-up says what it is doing and how long each part took
+    for part in ("loading data", "DeepSpeed ZeRO-3", "vLLM engine", "reward pool"):
+        assert f"[golong] {part}" in proc.stderr and "done in" in proc.stderr, part
 
 
 def test_a_bad_row_stops_the_run_before_any_engine_starts(tiny_model_path, tmp_path):

@@ -22,7 +22,6 @@ shutdown, which under torchrun tears down torch.distributed (RolloutEngine.close
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -74,7 +73,7 @@ class CalibrationSummary:
 
 def summarize(labels: list[str]) -> CalibrationSummary:
     counts = Counter(labels)
-    return CalibrationSummary({k: counts.get(k, 0) for k in LABELS})
+    return CalibrationSummary(counts={k: counts.get(k, 0) for k in LABELS})
 
 
 def annotate(row: dict, released: bool, label: str, p1: float, p2: float | None) -> dict:
@@ -96,22 +95,23 @@ class CalibrationRun:
 
 
 def run_calibration(train_file: str, out_file: str, model: str, model2: str | None, rollout_cfg, reward_cfg,
-                    data_cfg) -> CalibrationRun:
-    """Label every row of `train_file` by pass rate (stage 2 with `model2` when given); write `out_file`."""
+                    data_cfg, world) -> CalibrationRun:
+    """Label every row of `train_file` by pass rate (stage 2 with `model2` when given); write `out_file`
+    (rank 0). `world`: golong.world.World."""
     from golong.data.loader import load_examples
     from golong.data.rowio import read_rows, write_rows
-    from golong.eval import generate_and_score
+    from golong.rollout.collect import collect_for_examples
 
     loaded = load_examples([train_file], data_cfg)
     examples = loaded.examples
     threshold = reward_cfg.pass_threshold
-    stage1 = generate_and_score(examples, model, rollout_cfg, reward_cfg, data_cfg)
-    p1 = [pass_rate(s, threshold) if s else None for s in stage1.scores]
+    stage1 = collect_for_examples(examples, model, rollout_cfg, reward_cfg, data_cfg, world)
+    p1 = [pass_rate(s, threshold) if s else None for s in stage1.per_example(len(examples))[0]]
     unsolved = [i for i, p in enumerate(p1) if p is not None and stage1_label(p) == "unsolved"]
     p2: dict[int, float] = {}
     if model2 and unsolved:
-        stage2 = generate_and_score([examples[i] for i in unsolved], model2, rollout_cfg, reward_cfg, data_cfg)
-        p2 = {i: pass_rate(s, threshold) for i, s in zip(unsolved, stage2.scores) if s}
+        stage2 = collect_for_examples([examples[i] for i in unsolved], model2, rollout_cfg, reward_cfg, data_cfg, world)
+        p2 = {i: pass_rate(s, threshold) for i, s in zip(unsolved, stage2.per_example(len(unsolved))[0]) if s}
 
     raw = {row_no: row for row_no, row in read_rows(train_file)}
     released = loaded.formats[train_file] == "released"
@@ -123,6 +123,6 @@ def run_calibration(train_file: str, out_file: str, model: str, model2: str | No
         labels.append(label)
         if label != "discarded":
             rows.append(annotate(raw[example.row], released, label, p1[i], p2.get(i)))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if world.is_main:
         write_rows(out_file, rows)
-    return CalibrationRun(summarize(labels), rows_written=len(rows), rows_skipped_too_long=stage1.num_too_long)
+    return CalibrationRun(summary=summarize(labels), rows_written=len(rows), rows_skipped_too_long=stage1.num_filtered)

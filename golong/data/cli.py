@@ -17,20 +17,8 @@ import os
 import sys
 
 from golong.data.config import DataConfig
-from golong.data.schema import DataError
 
 MAX_ERRORS_SHOWN = 50
-
-
-def _reported(command):
-    """Run a command; a bad dataset or argument is one `error:` line and exit status 1, not a traceback."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return run
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -76,11 +64,13 @@ def cmd_decontaminate(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from golong.data.calibrate import run_calibration
-    from golong.eval import configs_from_args
+    from golong.rollout.options import configs_from_args
+    from golong.world import init_world
 
     rollout_cfg, reward_cfg, data_cfg = configs_from_args(args)
-    run = run_calibration(args.train, args.out, args.model, args.model2, rollout_cfg, reward_cfg, data_cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    world = init_world()
+    run = run_calibration(args.train, args.out, args.model, args.model2, rollout_cfg, reward_cfg, data_cfg, world)
+    if world.is_main:
         print(run.summary.ratio_line())
         print(f"{run.rows_written} rows written to {args.out} (discarded rows left out); "
               f"{run.rows_skipped_too_long} rows skipped (prompt too long)")
@@ -111,21 +101,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _add_commands(commands) -> None:
-    from golong.eval import add_sampling_args
+    from golong.rollout.options import add_sampling_args
 
     formats = ("auto", "native", "released")
 
     p = commands.add_parser("validate", help="check every row's schema; non-zero exit on errors")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--format", choices=formats, default="auto", help="row format (default: told per file)")
-    p.set_defaults(func=_reported(cmd_validate))
+    p.set_defaults(func=cmd_validate)
 
     p = commands.add_parser("stats", help="rows per task and reward type, prompt lengths, a task x length plot")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--model", help="count tokens with this model's tokenizer (default: approximate word counts)")
     p.add_argument("--png", help="plot path (default: FILE without extension + _stats.png)")
     p.add_argument("--format", choices=formats, default="auto", help="row format (default: told per file)")
-    p.set_defaults(func=_reported(cmd_stats))
+    p.set_defaults(func=cmd_stats)
 
     p = commands.add_parser("decontaminate", help="drop training rows sharing an n-gram with a benchmark question")
     p.add_argument("--train", required=True, help="training file (.jsonl or .parquet)")
@@ -135,7 +125,7 @@ def _add_commands(commands) -> None:
     p.add_argument("--field", default="question",
                    help="field holding the question, dotted for nested ones (default question; released "
                         "records fall back to extra_info.question)")
-    p.set_defaults(func=_reported(cmd_decontaminate))
+    p.set_defaults(func=cmd_decontaminate)
 
     p = commands.add_parser("calibrate", help="label rows easy/medium/hard by pass rate (paper section 3.4)")
     p.add_argument("--train", required=True, help="training file (.jsonl or .parquet)")
@@ -143,7 +133,7 @@ def _add_commands(commands) -> None:
     p.add_argument("--model2", help="stage-2 model for unsolved rows (the paper: the 30B-A3B model)")
     p.add_argument("--out", required=True, help="labelled rows (.jsonl or .parquet)")
     add_sampling_args(p, g=8, temperature=1.0, top_p=1.0)  # training-time sampling (section 5.1), G = 8
-    p.set_defaults(func=_reported(cmd_calibrate))
+    p.set_defaults(func=cmd_calibrate)
 
     from golong.data.synth_jobs import add_llm_args
 
@@ -159,14 +149,14 @@ def _add_commands(commands) -> None:
     p.add_argument("--text-field", default="text",
                    help="document field holding the text (default text, then context)")
     add_llm_args(p, max_tokens=8192)
-    p.set_defaults(func=_reported(cmd_synthesize))
+    p.set_defaults(func=cmd_synthesize)
 
     p = commands.add_parser("verify", help="PASS/REJECT each QA row with a verifier model (appendix B.2)")
     p.add_argument("--qa", required=True, help="QA rows from synthesize (.jsonl or .parquet)")
     p.add_argument("--out", required=True, help="PASS rows (.jsonl), appended to and resumed")
     p.add_argument("--prompt", help="your own verification prompt file instead of appendix B.2's")
     add_llm_args(p, max_tokens=4096)
-    p.set_defaults(func=_reported(cmd_verify))
+    p.set_defaults(func=cmd_verify)
 
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
@@ -182,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m golong.data.cli validate FILE ...`: the same commands without the `golong data` prefix."""
     parser = argparse.ArgumentParser(prog="golong data", description=__doc__.split("\n\n")[0])
     _add_commands(parser.add_subparsers(dest="data_command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from golong.cli import run_command
+
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

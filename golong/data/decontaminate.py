@@ -107,7 +107,8 @@ def decontaminate(train_file: str, bench_files: list[str], out_file: str, n: int
         else:
             kept.append(row_no)
     _write_kept(train_file, out_file, set(kept))
-    return DecontaminationResult(len(kept), len(dropped), dropped_per_bench, dropped)
+    return DecontaminationResult(kept_rows=len(kept), dropped_rows=len(dropped), dropped_per_bench=dropped_per_bench,
+                                 dropped_row_numbers=dropped)
 
 
 def _write_kept(train_file: str, out_file: str, kept: set[int]) -> None:

@@ -32,6 +32,18 @@ class PromptSampler:
         full, rest = divmod(self.num_examples, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    @property
+    def epochs_completed(self) -> int:
+        """Whole passes over the data drawn so far (an epoch with no full batch left counts as done)."""
+        remaining = self.num_examples - self.cursor
+        done = remaining == 0 or (self.drop_last and remaining < self.batch_size)
+        return self.epoch + (1 if done else 0)
+
+    @property
+    def batches_drawn(self) -> int:
+        """Batches drawn since the first one, over every epoch."""
+        return self.epoch * self.steps_per_epoch + -(-self.cursor // self.batch_size)
+
     def _epoch_order(self, epoch: int) -> list[int]:
         order = list(range(self.num_examples))
         if self.shuffle:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from golong.configlib import UsageError
+
 API_KEY_ENVS = ("GOLONG_SYNTH_API_KEY", "OPENAI_API_KEY")  # read in this order unless --api-key-env names one
 _BIN = re.compile(r"^\s*(<=|<|>=|>)\s*(\d+)\s*:\s*(\S.*?)\s*$")
 
@@ -51,7 +53,7 @@ def parse_bins(spec: str) -> list[LengthBin]:
     for part in spec.split(","):
         m = _BIN.match(part)
         if m is None:
-            raise ValueError(f"--bins: cannot read {part.strip()!r}; write rules like "
+            raise UsageError(f"--bins: cannot read {part.strip()!r}; write rules like "
                              f"'<=100000:modelA,>100000:modelB' (operators <=, <, >=, >; lengths in tokens)")
         rules.append(LengthBin(op=m[1], limit=int(m[2]), model=m[3]))
     return rules
@@ -81,11 +83,11 @@ class LLMOptions:
 
     def check(self) -> None:
         if not self.model and not self.bins:
-            raise ValueError("give --model NAME, or --bins '<=N:modelA,>N:modelB' to choose a model by length")
+            raise UsageError("give --model NAME, or --bins '<=N:modelA,>N:modelB' to choose a model by length")
         if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+            raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.max_retries < 0:
-            raise ValueError(f"--max-retries must be 0 or more, got {self.max_retries}")
+            raise UsageError(f"--max-retries must be 0 or more, got {self.max_retries}")
 
 
 def add_llm_args(p, max_tokens: int) -> None:
@@ -230,7 +232,7 @@ class ResumableOutput:
     def __init__(self, out: str, rejects: str, key: str, job: dict | None = None):
         for flag, path in (("--out", out), ("--rejects", rejects)):
             if not path.lower().endswith(".jsonl"):
-                raise ValueError(f"{flag} {path}: must be a .jsonl file (it is appended to as units finish, "
+                raise UsageError(f"{flag} {path}: must be a .jsonl file (it is appended to as units finish, "
                                  f"which makes the run resumable); convert it to parquet afterwards if needed")
         self.out, self.rejects, self.ledger, self.key = out, rejects, out + ".done", key
         self.job = job or {}  # what the output was made with, e.g. {"subtask": "T2-a"}: checked on resume
@@ -248,7 +250,7 @@ class ResumableOutput:
     def _check_job(self, entry: dict) -> None:
         for name, value in self.job.items():
             if entry.get(name, value) != value:
-                raise ValueError(f"--out {self.out} was written with {name} {entry[name]!r}, not {value!r}; "
+                raise UsageError(f"--out {self.out} was written with {name} {entry[name]!r}, not {value!r}; "
                                  f"give this run its own --out (or delete {self.ledger} to start over)")
 
     def _rewrite(self, path: str, key: str) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from golong.configlib import UsageError
 from golong.data.synth_jobs import (
     LLMOptions,
     Reply,
@@ -72,13 +73,13 @@ def read_prompt(name_or_path: str) -> tuple[str, str]:
     """(text without its '#' header lines, where it came from) of a packaged prompt or a user's file."""
     if os.sep in name_or_path or "." in os.path.basename(name_or_path):  # a path, not a packaged name
         if not os.path.isfile(name_or_path):
-            raise ValueError(f"prompt file {name_or_path} not found")
+            raise UsageError(f"prompt file {name_or_path} not found")
         with open(name_or_path, encoding="utf-8") as f:
             text, origin = f.read(), name_or_path
     else:
         file = resources.files("golong.data").joinpath("synth_prompts").joinpath(f"{name_or_path}.txt")
         if not file.is_file():
-            raise ValueError(f"no prompt {name_or_path!r}: give a file path, or one of the packaged subtasks "
+            raise UsageError(f"no prompt {name_or_path!r}: give a file path, or one of the packaged subtasks "
                              f"{', '.join(SUBTASKS)}")
         text, origin = file.read_text(encoding="utf-8"), f"golong/data/synth_prompts/{name_or_path}.txt"
     lines = text.splitlines()
@@ -126,26 +127,26 @@ def load_subtask(subtask: str | None, task: str | None, prompt_file: str | None)
     from golong.data.schema import TASKS
 
     if subtask is None and task is None:
-        raise ValueError("give --subtask (e.g. T2-a; all of them are in golong/data/synth_prompts/), or --task "
+        raise UsageError("give --subtask (e.g. T2-a; all of them are in golong/data/synth_prompts/), or --task "
                          "with your own --prompt FILE")
     if prompt_file is None:
         if subtask is None:
             choices = [s for s in SUBTASKS if s.split("-")[0] == task]
             if len(choices) != 1:
-                raise ValueError(f"--subtask: task {task} has several prompts; choose one of {', '.join(choices)}"
+                raise UsageError(f"--subtask: task {task} has several prompts; choose one of {', '.join(choices)}"
                                  if choices else f"--task: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
             subtask = choices[0]
         elif subtask not in SUBTASKS:
-            raise ValueError(f"--subtask: unknown subtask {subtask!r}; choose one of {', '.join(SUBTASKS)} "
+            raise UsageError(f"--subtask: unknown subtask {subtask!r}; choose one of {', '.join(SUBTASKS)} "
                              f"or give your own prompt with --prompt FILE")
     name = subtask or os.path.splitext(os.path.basename(prompt_file))[0]
     task = task or name.split("-")[0]
     if task not in TASKS:
-        raise ValueError(f"--task: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        raise UsageError(f"--task: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     text, origin = read_prompt(prompt_file or subtask)
     head, sep, secondary = text.partition("Secondary Task:")
     if not sep or "Primary Task:" not in head:
-        raise ValueError(f"{origin}: a subtask prompt needs a 'Primary Task:' and then a 'Secondary Task:' "
+        raise UsageError(f"{origin}: a subtask prompt needs a 'Primary Task:' and then a 'Secondary Task:' "
                          f"section (appendix B layout)")
     primary = head.split("Primary Task:", 1)[1].strip()
     return SubtaskPrompt(name=name, task=task, primary=primary, secondary=secondary.strip(),

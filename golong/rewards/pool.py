@@ -232,7 +232,8 @@ class RewardScorer:
                 if w.queue:
                     self._replace(k, kill=True)
         seconds = time.perf_counter() - start
-        return ScoreResult(batch.scores, dict(batch.timeouts), dict(batch.errors), seconds, batch.item_seconds)
+        return ScoreResult(scores=batch.scores, timeouts=dict(batch.timeouts), errors=dict(batch.errors), seconds=seconds,
+                           item_seconds=batch.item_seconds)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -1,7 +1,7 @@
 """T9: ROUGE-L F-measure with a bit-parallel LCS and CJK-aware tokens.
 
 rouge-score's own LCS fills an n*m Python table (about 1.3 s for 800 reference words against a
-3,600-word response, ENVIRONMENT.md) and has no Chinese tokenization. Here the LCS length is
+3,600-word response, measured on one CPU core) and has no Chinese tokenization. Here the LCS length is
 computed with the bit-parallel algorithm of Allison & Dix (1986) / Hyyrö (2004): one row of the DP
 table is a bit vector (a Python int) over the longer sequence, updated for each token of the shorter
 one with a handful of big-integer operations, so the cost is O(n * m / 64) machine words with no

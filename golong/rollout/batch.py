@@ -31,22 +31,6 @@ class RolloutBatch:
     def tokens_per_second(self) -> float:
         return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def metrics(self) -> dict[str, float]:
-        """Generation statistics for the step's log, under `rollout/`."""
-        lengths = [len(ids) for ids in self.response_ids]
-        stats = {
-            "rollout/tokens_per_s": self.tokens_per_second,
-            "rollout/num_filtered_prompts": float(self.num_filtered),
-            "rollout/truncated_ratio": sum(self.truncated) / len(lengths) if lengths else 0.0,
-        }
-        if lengths:
-            stats |= {
-                "rollout/response_length_mean": sum(lengths) / len(lengths),
-                "rollout/response_length_max": float(max(lengths)),
-                "rollout/response_length_min": float(min(lengths)),
-            }
-        return stats
-
 
 def logprob_abs_diff(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor) -> float:
     """Metric `rollout/logprob_abs_diff`: mean over response tokens of |trainer - rollout| log-prob.

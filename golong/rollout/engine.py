@@ -26,8 +26,8 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 
+from golong.console import is_verbose
 from golong.rollout.batch import RolloutBatch
 from golong.rollout.config import RolloutConfig
 from golong.rollout.weight_sync import (
@@ -37,6 +37,7 @@ from golong.rollout.weight_sync import (
     plan_buckets,
     reload_weights_in_place,
 )
+from golong.world import World, current_world
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ class RolloutEngine:
     starts: build the engine before seeding the trainer.
     """
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, max_model_len: int):
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        rank = dist.get_rank() if dist.is_initialized() else 0
+    def __init__(self, cfg: RolloutConfig, model_path: str, max_model_len: int, world: World | None = None):
+        self.world = world or current_world()
+        rank, world = self.world.rank, self.world.size
         tp = cfg.tensor_parallel_size
         if world % tp:
             raise ValueError(f"rollout.tensor_parallel_size={tp} must divide the number of ranks ({world}); "
@@ -61,6 +62,7 @@ class RolloutEngine:
         self.cfg = cfg
         self.max_model_len = max_model_len
         self.dp_rank, self.dp_size = rank // tp, world // tp  # vLLM's TP groups are consecutive ranks
+        self.leads_tp_group = rank % tp == 0  # the other ranks of its TP group get the same responses
         self.dtype = getattr(torch, cfg.dtype)
 
         # The engine core must run in this process: weight sync hands it tensors by reference.
@@ -85,6 +87,7 @@ class RolloutEngine:
             enforce_eager=cfg.enforce_eager,
             enable_sleep_mode=self.sleep_mode,
             logprobs_mode="processed_logprobs",  # log softmax(logits / T) after top-p, as the trainer computes
+            use_tqdm_on_load=is_verbose(),  # golong's start-up line says the engine is loading
         )
 
     # ------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from golong.world import World, current_world
 
 RUN_STATE_FILE = "run_state.json"  # written last inside a checkpoint: its presence marks the folder complete
 LATEST_FILE = "latest"
@@ -84,39 +85,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_gather(obj) -> list:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 SHARED, PER_NODE = "shared", "per-node"
 
 
-def folder_layout(output_dir: str, node_rank: int, local_rank: int) -> str:
+def folder_layout(output_dir: str, world: World) -> str:
     """SHARED when every rank sees the same `output_dir`, PER_NODE when each node sees its own.
     Collective (every rank calls it); creates the folder. Rank 0 writes a probe file with a fresh token and
     every rank looks for it: the ranks that see it must be exactly those of some set of whole nodes including
     rank 0's, and then either all nodes (shared) or rank 0's node alone (per-node)."""
-    rank, world = _rank_and_world()
     probe = os.path.join(output_dir, ".golong-layout-probe")
-    token = _all_gather(f"{os.getpid()}-{random.SystemRandom().getrandbits(64):x}" if rank == 0 else None)[0]
-    if rank == 0 or local_rank == 0:
+    token = world.broadcast(f"{os.getpid()}-{random.SystemRandom().getrandbits(64):x}" if world.is_main else None)
+    if world.is_main or world.local_rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-    if rank == 0:
+    if world.is_main:
         _write_atomic(probe, token)
-    _barrier()
-    seen = _all_gather((node_rank, _read_text(probe) == token))
-    _barrier()
-    if rank == 0:
+    world.barrier()
+    seen = world.all_gather_objects((world.node_rank, _read_text(probe) == token))
+    world.barrier()
+    if world.is_main:
         os.remove(probe)
     nodes: dict[int, set[bool]] = {}
     for node, saw in seen:
@@ -132,11 +118,6 @@ def folder_layout(output_dir: str, node_rank: int, local_rank: int) -> str:
         return PER_NODE
     raise RuntimeError(f"trainer.output_dir={output_dir} is shared by some nodes but not all. Fix: use one "
                        "folder on a filesystem every node mounts, or a node-local folder on every node")
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -172,14 +153,15 @@ class Checkpointer:
     `save` and `load` are collective: every rank calls them (DeepSpeed's save and load are).
     """
 
-    def __init__(self, output_dir: str, keep_last: int, layout: str = SHARED, local_rank: int = 0):
+    def __init__(self, output_dir: str, keep_last: int, world: World | None = None, layout: str = SHARED):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.root = os.path.join(output_dir, "checkpoints")
         self.keep_last = keep_last
+        self.world = world or current_world()
         self.layout = layout
         # the rank that does this folder's bookkeeping (cleanup, run_state.json, renames, `latest`)
-        self.is_writer = (local_rank == 0) if layout == PER_NODE else (_rank_and_world()[0] == 0)
+        self.is_writer = self.world.local_rank == 0 if layout == PER_NODE else self.world.is_main
 
     @staticmethod
     def dir_name(step: int) -> str:
@@ -221,12 +203,13 @@ class Checkpointer:
     def resume_point(self) -> str | None:
         """The checkpoint every rank resumes from: rank 0's newest complete one (collective). In the
         per-node layout every node must hold it too, else the run stops here naming the nodes that do not."""
-        chosen = _all_gather(self.latest())[0]
+        chosen = self.world.all_gather_objects(self.latest())[0]
         if chosen is None:
             return None
         name = os.path.basename(chosen)
         local = os.path.join(self.root, name)
-        missing = [rank for rank, ok in enumerate(_all_gather(os.path.isfile(os.path.join(local, RUN_STATE_FILE))))
+        missing = [rank for rank, ok in enumerate(self.world.all_gather_objects(
+            os.path.isfile(os.path.join(local, RUN_STATE_FILE))))
                    if not ok]
         if missing:
             raise RuntimeError(f"rank 0 resumes from checkpoint {name}, but ranks {missing} have no complete {name} "
@@ -241,18 +224,18 @@ class Checkpointer:
         each node's first rank in the per-node layout) then writes run_state.json, renames the folder into
         place, updates `latest` and deletes checkpoints beyond the newest `keep_last`.
         """
-        rank, world = _rank_and_world()
+        rank, world = self.world.rank, self.world.size
         name = self.dir_name(state.step)
         tmp_name = TMP_PREFIX + name
         tmp_dir, final_dir = os.path.join(self.root, tmp_name), os.path.join(self.root, name)
         if self.is_writer:
             os.makedirs(self.root, exist_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a save killed at this very step
-        _barrier()
+        self.world.barrier()
 
         engine.save_checkpoint(self.root, tag=tmp_name, save_latest=False)  # collective; ends with a barrier
         _write_atomic(os.path.join(tmp_dir, f"rng_rank_{rank:05d}.json"), json.dumps(capture_rng_state()))
-        _barrier()  # every rank's files are on disk
+        self.world.barrier()  # every rank's files are on disk
 
         if self.is_writer:
             _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
@@ -263,7 +246,7 @@ class Checkpointer:
             _fsync_dir(self.root)
             _write_atomic(os.path.join(self.root, LATEST_FILE), name)  # last: it only ever names a complete folder
             self._delete_old()
-        _barrier()
+        self.world.barrier()
         return final_dir
 
     def _delete_old(self) -> None:
@@ -275,7 +258,7 @@ class Checkpointer:
         """Load checkpoint folder `path` into `engine` (weights, optimizer, lr scheduler), restore this
         rank's RNG states, and return the loop's RunState. Called by every rank, on a freshly built engine
         (DeepSpeed ZeRO-3 cannot load into an engine that has already trained)."""
-        rank, world = _rank_and_world()
+        rank, world = self.world.rank, self.world.size
         with open(os.path.join(path, RUN_STATE_FILE), encoding="utf-8") as f:
             saved = json.load(f)
         if saved["world_size"] != world:

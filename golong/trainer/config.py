@@ -57,13 +57,27 @@ class IcePopConfig:
 
 
 @dataclass
+class DynamicSamplingConfig:
+    enabled: bool = option(False, "Dynamic sampling (DAPO): drop groups whose rewards all agree and generate more rounds until data.prompts_per_step groups with differing rewards exist (the released GoLongRL scripts: on).")
+    prompts_per_round: int = option(0, "Prompts drawn per generation round; 0 means data.prompts_per_step (the released scripts: 512).")
+    max_rounds: int = option(32, "Most generation rounds per step; when reached, the step trains on the groups found so far, with a warning (the released scripts: 32).")
+
+    def validate(self) -> None:
+        if self.prompts_per_round < 0:
+            raise invalid("prompts_per_round", f"must be >= 0, got {self.prompts_per_round}",
+                          "use 0 (data.prompts_per_step) or a number of prompts such as 512")
+        if self.max_rounds < 1:
+            raise invalid("max_rounds", f"must be at least 1, got {self.max_rounds}", "use 32")
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig, metadata={"doc": "Advantage estimator."})
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig, metadata={"doc": "Policy loss."})
     icepop: IcePopConfig = field(default_factory=IcePopConfig, metadata={"doc": "IcePop correction."})
     ppo_epochs: int = option(1, "Passes over each step's rollouts (Table 12: 1, strictly on-policy).")
-    dynamic_sampling: bool = option(False, "Drop groups whose rewards all agree and refill the batch with new prompts (DAPO).")
-    max_refill_rounds: int = option(3, "Dynamic sampling: most extra generation rounds per step before training on what there is.")
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig,
+                                                    metadata={"doc": "Dynamic sampling (group filtering)."})
 
     def validate(self) -> None:
         if self.ppo_epochs < 1:
@@ -72,8 +86,8 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = option(0, "Training steps; 0 derives total_epochs * (dataset size / data.prompts_per_step).")
-    total_epochs: int = option(1, "Passes over the dataset when total_steps is 0 (Table 12: 10).")
+    total_steps: int = option(0, "Training steps; 0 runs total_epochs passes over the data (with dynamic sampling a step consumes one or more rounds of prompts).")
+    total_epochs: int = option(1, "Passes over the dataset when total_steps is 0: the run ends once the prompts drawn cover it this many times (Table 12: 10).")
     output_dir: str = option("runs/golong", "Run folder: resolved config, metrics.jsonl, checkpoints, plots, hf/.")
     save_every: int = option(0, "Save a checkpoint every this many steps (0: only at the end).")
     keep_last: int = option(2, "Checkpoints kept; older ones are deleted after a new one is complete.")
@@ -126,6 +140,7 @@ class LoggingConfig:
     progress_bar: bool = option(True, "Show a tqdm progress bar over steps on rank 0.")
     progress_keys: list[str] = option(["reward/mean", "response_length/mean", "time/step"],
                                       "Metrics shown beside the progress bar (those present in a step's metrics).")
+    verbose: bool = option(False, "Show every library's console output; off, known-harmless third-party warnings go to output_dir/logs/ only (GOLONG_VERBOSE=1 does the same).")
     plot: bool = option(True, "Draw reward-per-task curves to PNG in the run folder at the end.")
     plot_smoothing: float = option(0.6, "Plot: exponential-moving-average weight of the drawn curves (0 draws the raw values).")
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 import copy
 import functools
 import gc
-import os
 import resource
 import time
 from dataclasses import dataclass
 
 import deepspeed
 import torch
-import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import set_z3_leaf_modules
 from torch import nn
@@ -35,6 +33,7 @@ from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.loss import LossDenominator, PolicyLossStats, policy_loss
+from golong.world import World, init_world
 
 
 @dataclass
@@ -138,30 +137,20 @@ def warmup_then_constant(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
-def _init_distributed(backend: str) -> None:
-    """Join torchrun's process group, or make a world of one for a single process."""
-    if not dist.is_initialized():
-        if "RANK" in os.environ:
-            dist.init_process_group(backend)
-        else:
-            for name in ("RANK", "LOCAL_RANK"):  # DeepSpeed reads them (zero.Init, engine) even alone
-                os.environ[name] = "0"
-            os.environ["WORLD_SIZE"] = "1"
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend=backend)
-
-
 class PolicyEngine:
     """The trained policy: a DeepSpeed engine around the HF model, fed packed micro-batches."""
 
     def __init__(self, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, loss_cfg: PolicyLossConfig,
-                 icepop_cfg: IcePopConfig, temperature: float):
+                 icepop_cfg: IcePopConfig, temperature: float, world: World | None = None):
         self.loss_cfg, self.icepop_cfg = loss_cfg, icepop_cfg
+        self.world = world or init_world()  # DeepSpeed needs a process group, even in a world of one
         self.device = torch.device("cpu")
         if get_accelerator().device_name() == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-        _init_distributed("nccl" if self.device.type == "cuda" else "gloo")
+            self.device = torch.device("cuda", self.world.local_rank)
+        # DeepSpeed's init JIT-compiles a shared-memory all-reduce op on CPU (minutes when its build cache is
+        # cold); only its AutoTP inference layers use it (inference_all_reduce), never ZeRO training.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend=self.world.backend)  # adopts the world's process group
         if model_cfg.dtype == "auto":
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
@@ -195,8 +184,8 @@ class PolicyEngine:
 
     def _load_model(self, model_cfg: ModelConfig, ds_config: dict, dtype: torch.dtype):
         # Under ZeRO-3 transformers reads this (kept alive) config and builds the model inside
-        # deepspeed.zero.Init, loading each rank's shard only (ENVIRONMENT.md: wrapping
-        # from_pretrained in zero.Init by hand fails in transformers 5).
+        # deepspeed.zero.Init, loading each rank's shard only (wrapping
+        # from_pretrained in zero.Init ourselves fails in transformers 5).
         hf_ds_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
         model = AutoModelForCausalLM.from_pretrained(
             model_cfg.path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,

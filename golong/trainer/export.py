@@ -22,8 +22,9 @@ import re
 import shutil
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
+
+from golong.world import World, current_world
 
 SHARD_TMP_NAME = "shard-{index:05d}.safetensors"  # renamed to HF's model-0000i-of-0000N names once N is known
 _LAYER_PREFIX = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.7.mlp.up_proj.weight" -> "model.layers.7"
@@ -105,7 +106,7 @@ class _ShardWriter:
 
 
 def export_hf(module: torch.nn.Module, tokenizer, out_dir: str, *, dtype: torch.dtype | None = None,
-              max_shard_size: int | str = "5GB") -> str:
+              max_shard_size: int | str = "5GB", world: World | None = None) -> str:
     """Write `module` (an HF PreTrainedModel, e.g. `engine.module`, ZeRO-3-partitioned or not) and `tokenizer`
     to `out_dir` as an HF model folder; return `out_dir`.
 
@@ -114,7 +115,8 @@ def export_hf(module: torch.nn.Module, tokenizer, out_dir: str, *, dtype: torch.
     """
     from transformers.core_model_loading import revert_weight_conversion
 
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = world or current_world()
+    rank = world.rank
     partitioned = any(hasattr(p, "ds_id") for p in module.parameters())
     if partitioned:
         import deepspeed
@@ -145,8 +147,7 @@ def export_hf(module: torch.nn.Module, tokenizer, out_dir: str, *, dtype: torch.
         writer.finish()
         _write_metadata(module, tokenizer, tmp_dir, export_dtype)
         _swap_into_place(tmp_dir, out_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # the folder exists for every rank once export_hf returns
+    world.barrier()  # the folder exists for every rank once export_hf returns
     return out_dir
 
 
@@ -175,3 +176,42 @@ def _swap_into_place(tmp_dir: str, out_dir: str) -> None:
         os.rename(out_dir, old_dir)
     os.rename(tmp_dir, out_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def export_checkpoint(run_dir: str, out: str | None = None) -> str:
+    """`golong export`: an HF model folder from a run's latest checkpoint (consolidated with
+    DeepSpeed's zero_to_fp32, so no engine or accelerator is needed)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from golong.config import load_config
+    from golong.trainer.checkpoint import Checkpointer
+
+    config_file = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{config_file} not found. Fix: pass a run folder (a run's trainer.output_dir)")
+    cfg = load_config(config_file)
+    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest(clean_up=False)  # the run may still be saving
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints. Fix: export a run that has "
+                                "saved one (trainer.save_every, or the end of training)")
+    root, tag = os.path.split(latest)
+    with open(os.path.join(latest, "run_state.json"), encoding="utf-8") as f:
+        world_size = json.load(f)["world_size"]
+    shards = [n for n in os.listdir(latest) if n.startswith("zero_pp_rank_") and n.endswith("_model_states.pt")]
+    if len(shards) < world_size:  # a node-local output_dir holds only its own node's shards
+        raise FileNotFoundError(f"{latest} holds {len(shards)} of the {world_size} ranks' ZeRO shards (a run with a "
+                                "node-local output_dir). Fix: copy this step folder's files from every node into one "
+                                "folder and export from there")
+    # The engine trained LogProbModel(model): its parameter names carry the wrapper's "model." prefix.
+    state_dict = {name.removeprefix("model."): tensor
+                  for name, tensor in get_fp32_state_dict_from_zero_checkpoint(root, tag=tag).items()}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    loaded = model.load_state_dict(state_dict, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # shares embed_tokens' tensor
+    if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
+        raise RuntimeError(f"checkpoint {latest} does not match {cfg.model.path}: missing "
+                           f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {loaded.unexpected_keys[:5]}")
+    out = out or os.path.join(run_dir, "hf")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    return export_hf(model, tokenizer, out)

@@ -9,18 +9,22 @@
     7. update       ppo_epochs x (forward/backward per micro-batch, optimizer step)
     8. sync         the new weights into the vLLM engine
 
+Stages 1-3 are the rollout collector's (golong/rollout/collect.py): with dynamic sampling it repeats
+them in rounds until the step has data.prompts_per_step groups whose rewards differ.
+
 Every rank runs the same loop (torchrun); each rank's vLLM engine generates for its share of the
-prompts, then every rank sees every response (`gather_rollouts`), so advantages use whole-batch task
-statistics and micro-batches are balanced over all ranks.
+prompts, then every rank sees every response (`RolloutCollector.collect` gathers them), so advantages
+use whole-batch task statistics and micro-batches are balanced over all ranks.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -28,22 +32,23 @@ import yaml
 
 from golong import advantage as advantage_lib
 from golong.config import Config
+from golong.console import setup_console
 from golong.configlib import ConfigError, to_dict
 from golong.data.loader import load_examples
 from golong.data.prompts import PromptIds, encode_prompts, filter_long_prompts
 from golong.data.sampler import PromptSampler
 from golong.data.schema import Example
-from golong.eval import response_text, stop_token_ids
-from golong.rewards import RewardScorer, ScoreItem
+from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
+from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
 from golong.trainer.batch import TrainSample, pack
 from golong.trainer.checkpoint import PER_NODE, Checkpointer, RunState, folder_layout
-from golong.trainer.distributed import World, all_gather_objects, init_world
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.export import export_hf
-from golong.trainer.loss import LossDenominator, PolicyLossStats, all_reduce_sum, resolve_agg_mode
+from golong.trainer.loss import LossDenominator, PolicyLossStats, resolve_agg_mode
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
 from golong.trainer.packing import plan_micro_batches
+from golong.world import World, init_world
 
 logger = logging.getLogger("golong")
 
@@ -60,49 +65,19 @@ class PromptSet:
 
 
 @dataclass
-class Rollouts:
-    """One step's scored responses from every rank, in one global order (N responses)."""
-
-    example_index: list[int]  # (N,) dataset row of each response's prompt
-    group_index: torch.Tensor  # (N,) int64: which prompt of the step (a group shares one prompt)
-    task_index: torch.Tensor  # (N,) int64: index into PromptSet.tasks
-    response_ids: list[np.ndarray]  # (N,) each (L_i,) int32: the sampled tokens, EOS included
-    rollout_logprobs: list[np.ndarray]  # (N,) each (L_i,) float32: vLLM's processed log-probs
-    truncated: np.ndarray  # (N,) bool: hit max_response_length without EOS
-    rewards: torch.Tensor  # (N,) float64, as scored
-    reward_timeouts: int
-    reward_errors: int
-    num_filtered: int  # prompts the engine refused: prompt + max_response_length > max_model_len
-    generation_tokens_per_s: float  # all ranks' generated tokens over the slowest rank's generate time
-
-    def __len__(self) -> int:
-        return len(self.example_index)
-
-    def select(self, rows: list[int]) -> Rollouts:
-        idx = torch.tensor(rows, dtype=torch.long)
-        return Rollouts([self.example_index[i] for i in rows], self.group_index[idx], self.task_index[idx],
-                        [self.response_ids[i] for i in rows], [self.rollout_logprobs[i] for i in rows],
-                        self.truncated[rows], self.rewards[idx], self.reward_timeouts, self.reward_errors,
-                        self.num_filtered, self.generation_tokens_per_s)
-
-
-@dataclass
 class Run:
-    """Everything a step touches: the config, the components, and the loop's own state."""
+    """Everything a step touches: the config and the components."""
 
     cfg: Config
     world: World
-    tokenizer: object
-    stop_ids: set[int]  # end-of-response tokens, dropped before scoring
     data: PromptSet
-    sampler: PromptSampler
+    sampler: PromptSampler  # draws one round of prompts per call
     policy: PolicyEngine
     rollout: RolloutEngine
-    scorer: RewardScorer
+    collector: RolloutCollector  # stages 1-3: prompts -> scored responses of every rank
     estimator: advantage_lib.AdvantageEstimator
     agg_mode: str  # resolved loss aggregation (Eq. 3 / Eq. 4)
     constant_norm_length: int  # Dr.GRPO's L (Eq. 3), used by agg_mode constant-norm
-    next_group: int = 0  # group ids stay unique across dynamic-sampling rounds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,11 +87,13 @@ class Run:
 def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     cfg, world, policy = run.cfg, run.world, run.policy
 
-    # 1-3. prompts -> G responses each -> rewards (refilled when dynamic sampling drops groups)
-    rollouts, sampled = collect_rollouts(run, timer)
+    # 1-3. prompts -> G responses each -> rewards (more rounds while dynamic sampling drops groups)
+    sampling = collect_rollouts(run)
+    rollouts, sampled = sampling.train, sampling.sampled
+    collected = {**sampling.metrics(), "time/rollout": sampled.generate_seconds, "time/reward": sampled.score_seconds}
     if not len(rollouts):  # every prompt filtered, or (dynamic sampling) no group with differing rewards
         logger.warning("step with nothing to train on (%d responses sampled): no update", len(sampled))
-        return {"batch/responses": 0.0, **(reward_metrics(run, sampled) if len(sampled) else {})}
+        return {"batch/responses": 0.0, **collected, **(reward_metrics(run, sampled) if len(sampled) else {})}
     run.rollout.sleep()  # CUDA: free the engine's memory for training (a no-op on CPU)
 
     # 4. advantages over the whole batch (every rank computes the same)
@@ -153,119 +130,25 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     return {
         **reward_metrics(run, sampled),
-        "batch/trained_prompts": float(len(set(rollouts.group_index.tolist()))),
+        **collected,
+        "batch/trained_prompts": float(rollouts.num_groups),
         "batch/trained_responses": float(len(rollouts)),
         **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
         **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
-        "rollout/logprob_abs_diff": step_logprob_abs_diff(micro_batches),
+        "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
         "sync/seconds": sync.seconds,
         "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
     }
 
 
-def collect_rollouts(run: Run, timer: PhaseTimer) -> tuple[Rollouts, Rollouts]:
-    """(groups to train on, every group sampled). With dynamic sampling (DAPO), groups whose rewards
-    all agree carry no learning signal: they are dropped and the batch is refilled with new prompts,
-    for at most max_refill_rounds extra rounds, then trimmed to data.prompts_per_step groups. The
-    reward metrics read every sampled group, so they are not biased by the filter."""
-    cfg = run.cfg
-    sampled = generate_round(run, timer)
-    if not cfg.algorithm.dynamic_sampling:
-        return sampled, sampled
-    kept = informative_groups(sampled)
-    for _ in range(cfg.algorithm.max_refill_rounds):
-        if len(set(kept.group_index.tolist())) >= cfg.data.prompts_per_step:
-            break
-        more = generate_round(run, timer)
-        sampled = concat_rollouts(sampled, more)
-        kept = concat_rollouts(kept, informative_groups(more))
-    chosen = set(sorted(set(kept.group_index.tolist()))[: cfg.data.prompts_per_step])
-    return kept.select([i for i, g in enumerate(kept.group_index.tolist()) if g in chosen]), sampled
-
-
-@dataclass
-class RankRollouts:
-    """What one rank contributes to a round of generation (nothing on non-leading tensor-parallel ranks,
-    whose engine returned the same responses as their group's first rank). n responses."""
-
-    position: list[int] = field(default_factory=list)  # (n,) position of each response's prompt in the round's rows
-    response_ids: list[np.ndarray] = field(default_factory=list)  # (n,) each (L_i,) int32
-    logprobs: list[np.ndarray] = field(default_factory=list)  # (n,) each (L_i,) float32
-    truncated: list[bool] = field(default_factory=list)  # (n,)
-    rewards: list[float] = field(default_factory=list)  # (n,)
-    timeouts: int = 0
-    errors: int = 0
-    filtered: int = 0  # prompts the engine refused
-    generated_tokens: int = 0
-    generate_seconds: float = 0.0
-
-
-def generate_round(run: Run, timer: PhaseTimer) -> Rollouts:
-    """One batch of prompts from the sampler, generated and scored; group ids stay unique across rounds."""
-    rows = run.sampler.next_batch()
-    rollouts = generate_and_score(run, rows, timer)
-    run.next_group += len(rows)
-    return rollouts
-
-
-def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts:
-    """Generate G responses for this rank's share of `rows`, score them, and gather every rank's."""
-    rollout, data = run.rollout, run.data
-    mine = list(range(rollout.dp_rank, len(rows), rollout.dp_size))  # positions in `rows`
-    with timer.phase("rollout"):
-        batch = rollout.generate([data.prompts[rows[p]] for p in mine])
-    local = RankRollouts()
-    if run.world.rank % run.cfg.rollout.tensor_parallel_size == 0:  # the first rank of its TP group
-        with timer.phase("reward"):
-            examples = [data.examples[rows[mine[k]]] for k in batch.prompt_index]
-            scored = run.scorer.score([
-                ScoreItem(ex.reward_type, response_text(run.tokenizer, ids, run.stop_ids), ex.ground_truth)
-                for ex, ids in zip(examples, batch.response_ids)])
-        local = RankRollouts(
-            position=[mine[k] for k in batch.prompt_index],
-            response_ids=[np.asarray(r, dtype=np.int32) for r in batch.response_ids],
-            logprobs=[np.asarray(lp, dtype=np.float32) for lp in batch.logprobs],
-            truncated=list(batch.truncated), rewards=list(scored.scores),
-            timeouts=sum(scored.timeouts.values()), errors=sum(scored.errors.values()),
-            filtered=batch.num_filtered, generated_tokens=batch.num_tokens, generate_seconds=batch.seconds)
-    parts = all_gather_objects(local, run.world)
-
-    position = [p for part in parts for p in part.position]
-    task_of = {t: i for i, t in enumerate(data.tasks)}
-    return Rollouts(
-        example_index=[rows[p] for p in position],
-        group_index=torch.tensor([run.next_group + p for p in position], dtype=torch.long),
-        task_index=torch.tensor([task_of[data.examples[rows[p]].task] for p in position], dtype=torch.long),
-        response_ids=[r for part in parts for r in part.response_ids],
-        rollout_logprobs=[lp for part in parts for lp in part.logprobs],
-        truncated=np.array([t for part in parts for t in part.truncated], dtype=bool),
-        rewards=torch.tensor([r for part in parts for r in part.rewards], dtype=torch.float64),
-        reward_timeouts=sum(part.timeouts for part in parts),
-        reward_errors=sum(part.errors for part in parts),
-        num_filtered=sum(part.filtered for part in parts),
-        generation_tokens_per_s=(sum(part.generated_tokens for part in parts)
-                                 / max(max(part.generate_seconds for part in parts), 1e-9)),
-    )
-
-
-def informative_groups(rollouts: Rollouts) -> Rollouts:
-    """The responses of groups whose rewards are not all equal (dynamic sampling's filter)."""
-    groups = rollouts.group_index
-    spread = torch.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=rollouts.rewards.dtype)
-    low = spread.clone().fill_(math.inf).scatter_reduce(0, groups, rollouts.rewards, "amin")
-    high = spread.clone().fill_(-math.inf).scatter_reduce(0, groups, rollouts.rewards, "amax")
-    keep = (high > low)[groups]
-    return rollouts.select(torch.nonzero(keep).flatten().tolist())
-
-
-def concat_rollouts(a: Rollouts, b: Rollouts) -> Rollouts:
-    return Rollouts(a.example_index + b.example_index, torch.cat([a.group_index, b.group_index]),
-                    torch.cat([a.task_index, b.task_index]), a.response_ids + b.response_ids,
-                    a.rollout_logprobs + b.rollout_logprobs, np.concatenate([a.truncated, b.truncated]),
-                    torch.cat([a.rewards, b.rewards]), a.reward_timeouts + b.reward_timeouts,
-                    a.reward_errors + b.reward_errors, a.num_filtered + b.num_filtered,
-                    min(a.generation_tokens_per_s, b.generation_tokens_per_s))
+def collect_rollouts(run: Run) -> StepRollouts:
+    """Stages 1-3 for one step: one round of data.prompts_per_step prompts, or with dynamic sampling
+    (DAPO, as the released GoLongRL scripts train) rounds of dynamic_sampling.prompts_per_round prompts
+    until data.prompts_per_step groups with differing rewards exist (at most max_rounds rounds)."""
+    dynamic = run.cfg.algorithm.dynamic_sampling
+    return run.collector.collect_step(run.sampler.next_batch, run.cfg.data.prompts_per_step,
+                                      filter_groups=dynamic.enabled, max_rounds=dynamic.max_rounds)
 
 
 def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
@@ -303,7 +186,7 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
         "response_length/truncated_ratio": float(rollouts.truncated.mean()),
         "rollout/num_filtered_prompts": float(rollouts.num_filtered),
         "rollout/tokens_per_s": rollouts.generation_tokens_per_s,
-        "batch/prompts": float(len(set(rollouts.group_index.tolist()))),
+        "batch/prompts": float(rollouts.num_groups),
         # Identifies the step's prompts: equal in a resumed and an uninterrupted run of the same recipe.
         "batch/fingerprint": float(zlib.crc32(np.asarray(sorted(set(rollouts.example_index)), dtype=np.int64).tobytes())),
         "batch/responses": float(len(rollouts)),
@@ -316,13 +199,13 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
     return metrics
 
 
-def step_logprob_abs_diff(micro_batches) -> float:
+def step_logprob_abs_diff(run: Run, micro_batches) -> float:
     """rollout/logprob_abs_diff over every rank's response tokens of the step."""
     real = [mb for mb in micro_batches if mb.num_real_tokens]
     count = sum(mb.labels.numel() for mb in real)
     local = logprob_abs_diff(torch.cat([mb.old_logprobs.cpu() for mb in real]),
                              torch.cat([mb.rollout_logprobs for mb in real])) if real else 0.0
-    total, count = all_reduce_sum([local * count, count])
+    total, count = run.world.all_reduce_sum([local * count, count])
     return total / max(count, 1)
 
 
@@ -330,7 +213,7 @@ def step_logprob_abs_diff(micro_batches) -> float:
 # Setup and the outer loop
 
 
-def load_prompt_set(cfg: Config, tokenizer, world: World) -> PromptSet:
+def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:
     """Load and check every row, template and tokenize the prompts, drop the overlong ones."""
     loaded = load_examples(cfg.data.train_files, cfg.data)
     prompts = encode_prompts(loaded.examples, tokenizer, cfg.data)
@@ -339,30 +222,65 @@ def load_prompt_set(cfg: Config, tokenizer, world: World) -> PromptSet:
         logger.info("data: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
                     len(kept.examples), loaded.task_counts(), kept.num_dropped, cfg.data.max_prompt_length,
                     loaded.num_bad_rows_skipped)
-    if len(kept.examples) < cfg.data.prompts_per_step:
-        raise ConfigError(f"data.prompts_per_step={cfg.data.prompts_per_step}: only {len(kept.examples)} of "
-                          f"{len(loaded.examples)} prompts are at most data.max_prompt_length="
-                          f"{cfg.data.max_prompt_length} tokens. Fix: raise data.max_prompt_length, add data, "
-                          f"or lower data.prompts_per_step")
-    return PromptSet(kept.examples, kept.prompts, sorted({e.task for e in kept.examples}), kept.num_dropped,
-                     loaded.num_bad_rows_skipped)
+    if len(kept.examples) < round_size:
+        key = ("algorithm.dynamic_sampling.prompts_per_round" if round_size != cfg.data.prompts_per_step
+               else "data.prompts_per_step")
+        raise ConfigError(f"{key}={round_size}: only {len(kept.examples)} of {len(loaded.examples)} prompts are at "
+                          f"most data.max_prompt_length={cfg.data.max_prompt_length} tokens. Fix: raise "
+                          f"data.max_prompt_length, add data, or lower {key}")
+    return PromptSet(examples=kept.examples, prompts=kept.prompts, tasks=sorted({e.task for e in kept.examples}),
+                     num_dropped_long=kept.num_dropped, num_bad_rows=loaded.num_bad_rows_skipped)
+
+
+def round_size(cfg: Config) -> int:
+    """Prompts drawn per generation round: dynamic_sampling.prompts_per_round, or data.prompts_per_step."""
+    dynamic = cfg.algorithm.dynamic_sampling
+    return (dynamic.enabled and dynamic.prompts_per_round) or cfg.data.prompts_per_step
+
+
+def finished(cfg: Config, step: int, sampler: PromptSampler) -> bool:
+    """trainer.total_steps steps, or (total_steps 0) trainer.total_epochs passes over the data: steps and
+    epochs count the prompts really drawn, dynamic sampling's extra rounds included."""
+    if cfg.trainer.total_steps:
+        return step >= cfg.trainer.total_steps
+    return sampler.epochs_completed >= cfg.trainer.total_epochs
+
+
+def estimated_total_steps(cfg: Config, step: int, sampler: PromptSampler, rounds_per_step: float) -> int:
+    """The progress bar's total: exact with total_steps or without dynamic sampling; otherwise an
+    estimate (the rounds left for total_epochs at the mean rounds per step so far), updated every step."""
+    if cfg.trainer.total_steps:
+        return cfg.trainer.total_steps
+    rounds_left = cfg.trainer.total_epochs * sampler.steps_per_epoch - sampler.batches_drawn
+    return step + max(math.ceil(rounds_left / max(rounds_per_step, 1.0)), 0)
+
+
+@contextmanager
+def starting(world: World, what: str):
+    """Start-up, on rank 0's console: what is starting, then how long it took."""
+    if world.is_main:
+        logger.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    if world.is_main:
+        logger.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
 def train(cfg: Config) -> None:
     """`golong train`: run (or resume) the whole training described by `cfg`."""
     from transformers import AutoTokenizer
 
-    logging.basicConfig(level=logging.INFO, format="[golong] %(message)s")
     world = init_world()
     out_dir = cfg.trainer.output_dir
-    layout = folder_layout(out_dir, world.node_rank, world.local_rank)
+    setup_console(os.path.join(out_dir, "logs"), world.rank, verbose=cfg.logging.verbose)
+    layout = folder_layout(out_dir, world)
     if layout == PER_NODE:  # DeepSpeed: each node's first rank writes the shared parts into its own folder
         cfg.trainer.deepspeed = {**cfg.trainer.deepspeed,
                                  "checkpoint": {**cfg.trainer.deepspeed.get("checkpoint", {}), "use_node_local_storage": True}}
         if world.is_main:
             logger.info("trainer.output_dir is node-local: each node keeps its own ranks' checkpoint shards; "
                         "config, metrics and hf/ are written on the first node")
-    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last, layout, world.local_rank)
+    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last, world, layout)
     latest = checkpointer.resume_point()  # rank 0 decides: every rank loads the same
     if latest and not cfg.trainer.resume:
         raise ConfigError(f"trainer.resume: false, but {out_dir} holds checkpoints of another run ({latest}); its "
@@ -373,83 +291,62 @@ def train(cfg: Config) -> None:
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    data = load_prompt_set(cfg, tokenizer, world)
-    sampler = PromptSampler(len(data.examples), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
-    total_steps = cfg.trainer.total_steps or cfg.trainer.total_epochs * sampler.steps_per_epoch
+    with starting(world, "loading data"):
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        data = load_prompt_set(cfg, tokenizer, world, round_size(cfg))
+    sampler = PromptSampler(len(data.examples), round_size(cfg), cfg.data.seed, cfg.data.shuffle)
     estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
     agg_mode = resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg)
-    policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop, cfg.rollout.temperature)
-    rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len)
+    with starting(world, f"DeepSpeed ZeRO-{cfg.trainer.zero_stage}: policy {cfg.model.path}"):
+        policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop,
+                              cfg.rollout.temperature, world=world)
+    with starting(world, f"vLLM engine (tensor parallel {cfg.rollout.tensor_parallel_size})"):
+        rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len, world=world)
     torch.manual_seed(cfg.trainer.seed)  # after vLLM, which reseeds the global generators with rollout.seed
-    run = Run(cfg=cfg, world=world, tokenizer=tokenizer, stop_ids=stop_token_ids(cfg.model.path, tokenizer),
-              data=data, sampler=sampler, policy=policy, rollout=rollout, scorer=RewardScorer(cfg.reward),
-              estimator=estimator, agg_mode=agg_mode,
+    with starting(world, f"reward pool ({cfg.reward.num_workers} workers)"):
+        scorer = RewardScorer(cfg.reward)
+    collector = RolloutCollector(world, rollout, scorer, tokenizer, stop_token_ids(cfg.model.path, tokenizer),
+                                 data.examples, data.prompts, data.tasks)
+    run = Run(cfg=cfg, world=world, data=data, sampler=sampler, policy=policy, rollout=rollout,
+              collector=collector, estimator=estimator, agg_mode=agg_mode,
               constant_norm_length=cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
     metrics = None
     try:
-        start = 0
+        step = 0
         if latest:
-            state = checkpointer.load(latest, policy.ds_engine)
-            sampler.load_state_dict(state.sampler)
-            run.next_group = state.extra.get("next_group", 0)
-            start = state.step
-            logger.info("resuming from %s: step %d of %d", latest, start, total_steps)
-            rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
+            with starting(world, f"resuming from {latest}"):
+                state = checkpointer.load(latest, policy.ds_engine)
+                sampler.load_state_dict(state.sampler)
+                step = state.step
+                rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
 
-        metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total_steps,
-                                start_step=start)
-        for step in range(start + 1, total_steps + 1):
+        total = estimated_total_steps(cfg, step, sampler, 1.0)
+        if world.is_main and not cfg.trainer.total_steps and cfg.algorithm.dynamic_sampling.enabled:
+            logger.info("trainer.total_epochs=%d with dynamic sampling: a step takes as many rounds as it needs, so "
+                        "the step count (%d) is an estimate, refined as the run goes", cfg.trainer.total_epochs, total)
+        metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total, start_step=step)
+        rounds = 0  # generation rounds of this process's steps: the total's estimate
+        first = step
+        while not finished(cfg, step, sampler):
+            step += 1
             timer = PhaseTimer()
             with timer.phase("step"):
                 step_metrics = train_step(run, timer)
+            rounds += step_metrics["sampling/rounds"]
+            metrics.set_total(estimated_total_steps(cfg, step, sampler, rounds / (step - first)))
             metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
                                "data/dropped_long_prompts": float(data.num_dropped_long)})
-            if step == total_steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
-                checkpointer.save(policy.ds_engine, RunState(step, sampler.state_dict(), {"next_group": run.next_group}))
+            if finished(cfg, step, sampler) or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                checkpointer.save(policy.ds_engine, RunState(step=step, sampler=sampler.state_dict()))
 
         if cfg.trainer.export_hf:
-            export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"))
+            export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"), world=world)
     finally:
         if metrics is not None:
             metrics.close()
-        for component in (policy, rollout, run.scorer):  # the engine first: vLLM tears down the process group
+        for component in (policy, rollout, scorer):  # the engine first: vLLM tears down the process group
             component.close()
     if world.is_main and cfg.logging.plot:
         from golong.plot import plot_run
 
         logger.info("reward curves: %s", plot_run(out_dir))
-
-
-def export_checkpoint(run_dir: str, out: str | None = None) -> str:
-    """`golong export`: an HF model folder from a run's latest checkpoint (consolidated with
-    DeepSpeed's zero_to_fp32, so no engine or accelerator is needed)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from golong.config import load_config
-
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest(clean_up=False)  # the run may still be saving
-    if latest is None:
-        raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints")
-    root, tag = os.path.split(latest)
-    with open(os.path.join(latest, "run_state.json"), encoding="utf-8") as f:
-        world_size = json.load(f)["world_size"]
-    shards = [n for n in os.listdir(latest) if n.startswith("zero_pp_rank_") and n.endswith("_model_states.pt")]
-    if len(shards) < world_size:  # a node-local output_dir holds only its own node's shards
-        raise FileNotFoundError(f"{latest} holds {len(shards)} of the {world_size} ranks' ZeRO shards (a run with a "
-                                "node-local output_dir). Fix: copy this step folder's files from every node into one "
-                                "folder and export from there")
-    # The engine trained LogProbModel(model): its parameter names carry the wrapper's "model." prefix.
-    state_dict = {name.removeprefix("model."): tensor
-                  for name, tensor in get_fp32_state_dict_from_zero_checkpoint(root, tag=tag).items()}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    loaded = model.load_state_dict(state_dict, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # shares embed_tokens' tensor
-    if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
-        raise RuntimeError(f"checkpoint {latest} does not match {cfg.model.path}: missing "
-                           f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {loaded.unexpected_keys[:5]}")
-    out = out or os.path.join(run_dir, "hf")
-    export_hf(model, AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code), out)
-    return out

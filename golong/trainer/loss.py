@@ -16,23 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-import torch.distributed as dist
 
 from golong.trainer.batch import TrainSample
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
+from golong.world import current_world
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant-norm")
 _LOG_RATIO_LIMIT = 20.0  # exp(+-20) bounds ratios of log-probs that disagree wildly (as verl does)
-
-
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum `values` over all ranks (the data-parallel world); a no-op in a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(buf)
-    return buf.tolist()
 
 
 def resolve_agg_mode(cfg: PolicyLossConfig, preferred: str | None = None) -> str:
@@ -67,7 +57,7 @@ class LossDenominator:
         if agg_mode == "constant-norm" and constant_norm_length < 1:
             raise ValueError("constant-norm needs constant_norm_length >= 1 (Dr.GRPO's L, e.g. the max response length)")
         counted = [s for s in samples if s.in_loss]
-        tokens, sequences = all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
+        tokens, sequences = current_world().all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
         value = {"token-mean": tokens, "seq-mean-token-mean": sequences,
                  "constant-norm": sequences * constant_norm_length}[agg_mode]
         return cls(agg_mode, max(value, 1.0))  # a step with nothing to learn from gives loss 0, not 0/0
@@ -92,10 +82,12 @@ class PolicyLossStats:
     icepop_kl: float = 0.0  # k3 estimate of KL(rollout || trainer): sum of (k - 1 - log k), k = pi_old / pi_rollout
 
     def __add__(self, other: PolicyLossStats) -> PolicyLossStats:
-        return PolicyLossStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return PolicyLossStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def all_reduce(self) -> PolicyLossStats:
-        return PolicyLossStats(*all_reduce_sum([getattr(self, f.name) for f in fields(self)]))
+        names = [f.name for f in fields(self)]
+        totals = current_world().all_reduce_sum([getattr(self, name) for name in names])
+        return PolicyLossStats(**dict(zip(names, totals)))
 
     def metrics(self) -> dict[str, float]:
         per_token = max(self.tokens, 1.0)
@@ -216,24 +208,25 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, rollout_logp: torch.
     with torch.no_grad():
         counted = token_mask > 0
         positive = advantages > 0
-        stats = [
-            loss,
-            counted.sum(),
-            torch.unique(seq_index[counted]).numel(),
-            (counted & negative & (ratio < 1 - cfg.clip_ratio_low)).sum(),
-            (counted & positive & (ratio > 1 + cfg.clip_ratio_high)).sum(),
-            (counted & negative & (ratio > cfg.dual_clip_c)).sum() if cfg.dual_clip_c else 0,
-            entropy[counted].sum() if entropy is not None else 0,
-            kl[counted].sum() if kl is not None else 0,
-        ]
+        stats = {
+            "loss": loss,
+            "tokens": counted.sum(),
+            "sequences": torch.unique(seq_index[counted]).numel(),
+            "clipped_low": (counted & negative & (ratio < 1 - cfg.clip_ratio_low)).sum(),
+            "clipped_high": (counted & positive & (ratio > 1 + cfg.clip_ratio_high)).sum(),
+            "clipped_dual": (counted & negative & (ratio > cfg.dual_clip_c)).sum() if cfg.dual_clip_c else 0,
+            "entropy": entropy[counted].sum() if entropy is not None else 0,
+            "ref_kl": kl[counted].sum() if kl is not None else 0,
+        }
         if use_icepop:
             vetoed = counted & _in_vetoed_sequence(k, seq_index, icepop_cfg.veto)
-            stats += [
-                (counted & (is_weights == 0)).sum(),
-                torch.unique(seq_index[vetoed]).numel(),
-                gap.abs()[counted].sum(),
-                (k - 1 - log_k)[counted].sum(),
-            ]
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=logp.device) for v in stats]).tolist()
-    return loss, PolicyLossStats(*values)
+            stats |= {
+                "icepop_masked": (counted & (is_weights == 0)).sum(),
+                "icepop_vetoed": torch.unique(seq_index[vetoed]).numel(),
+                "icepop_logprob_gap": gap.abs()[counted].sum(),
+                "icepop_kl": (k - 1 - log_k)[counted].sum(),
+            }
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=logp.device)
+                              for v in stats.values()]).tolist()  # one device-to-host copy
+    return loss, PolicyLossStats(**dict(zip(stats, values)))
 

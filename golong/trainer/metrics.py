@@ -96,6 +96,12 @@ class MetricsLogger:
         return wandb.init(project=self.cfg.wandb_project, name=self.cfg.run_name or os.path.basename(os.path.abspath(output_dir)),
                           id=run_id, resume="allow", dir=output_dir, config=config_dict, mode=self.cfg.wandb_mode)
 
+    def set_total(self, total_steps: int) -> None:
+        """The progress bar's total, when it is an estimate refined as the run goes."""
+        if self.bar is not None and self.bar.total != total_steps:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from engine_common import gathered_weights, random_samples, tiny_engine
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
-from golong.trainer.loss import LossDenominator, PolicyLossStats, all_reduce_sum
+from golong.trainer.loss import LossDenominator, PolicyLossStats
+from golong.world import current_world
 from golong.trainer.packing import plan_micro_batches
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
@@ -49,7 +50,7 @@ for mb in micro_batches:
         tokens = (mb.advantages == sign) & (mb.loss_mask > 0)
         moved[sign][0] += change[tokens].sum().item()
         moved[sign][1] += tokens.sum().item()
-pos_sum, pos_n, neg_sum, neg_n = all_reduce_sum([*moved[1.0], *moved[-1.0]])
+pos_sum, pos_n, neg_sum, neg_n = current_world().all_reduce_sum([*moved[1.0], *moved[-1.0]])
 checksum = torch.tensor([sum(w.double().sum().item() for w in final.values())], dtype=torch.float64)
 checksums = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
 dist.all_gather(checksums, checksum)

@@ -9,14 +9,16 @@ import sys
 import torch.distributed as dist
 
 from golong.trainer.checkpoint import folder_layout
+from golong.world import World
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 nodes = [int(n) for n in sys.argv[1].split(",")]
 dirs = sys.argv[2].split(",")
-local_rank = nodes[:rank].count(nodes[rank])  # position among the ranks of its node
+world = World(rank=rank, size=dist.get_world_size(), local_rank=nodes[:rank].count(nodes[rank]),  # rank on its node
+              local_size=nodes.count(nodes[rank]), node_rank=nodes[rank], backend="gloo")
 try:
-    result = folder_layout(dirs[rank], nodes[rank], local_rank)
+    result = folder_layout(dirs[rank], world)
 except RuntimeError as e:
     result = f"error: {e}"
 if rank == 0:

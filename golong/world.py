@@ -1,0 +1,110 @@
+"""The distributed world: who this process is, and the few collectives golong uses.
+
+    world = init_world()                     # once per process, before any engine
+    world.rank, world.size, world.is_main    # torchrun's ranks, or a world of one
+    world.all_gather_objects(obj)            # every rank's obj, in rank order
+    world.all_reduce_sum([a, b])             # element-wise sums over ranks, as floats
+    world.barrier(); world.broadcast(obj)    # rank 0's obj on every rank
+
+Every component that needs to know its rank takes a `World` (the loop, the rollout collector, the
+checkpointer, the engines). Nothing else reads RANK/WORLD_SIZE from the environment.
+
+A world of one (plain `python`, no torchrun) still gets a process group, backed by an in-memory
+HashStore: DeepSpeed's ZeRO-3 (zero.Init, the engine) needs torch.distributed even alone, and it reads
+RANK, LOCAL_RANK and WORLD_SIZE from the environment, so those are set to 0/0/1. The collectives of a
+world of one never touch torch.distributed, so they keep working after vLLM's shutdown destroys the
+default process group (RolloutEngine.close).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int  # global rank, 0 .. size - 1
+    size: int  # number of processes (torchrun's WORLD_SIZE)
+    local_rank: int  # rank on this node; picks the GPU
+    local_size: int  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
+    node_rank: int  # which node this is, 0 .. num_nodes - 1 (torchrun's GROUP_RANK)
+    backend: str  # "nccl" on CUDA, "gloo" on CPU
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def num_nodes(self) -> int:
+        return max(self.size // max(self.local_size, 1), 1)
+
+    @property
+    def _collective(self) -> bool:
+        return self.size > 1
+
+    def all_gather_objects(self, obj) -> list:
+        """Every rank's `obj` (picklable), in rank order; a list of one in a world of one."""
+        if not self._collective:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over ranks, in float64 (exact for counts below 2**53)."""
+        if not self._collective:
+            return [float(v) for v in values]
+        device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        dist.all_reduce(buf)
+        return buf.tolist()
+
+    def barrier(self) -> None:
+        if self._collective:
+            dist.barrier()
+
+    def broadcast(self, obj, src: int = 0):
+        """Rank `src`'s `obj` (picklable) on every rank."""
+        if not self._collective:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def init_world() -> World:
+    """Join torchrun's world (gloo on CPU, nccl on CUDA), or make a world of one; idempotent."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # a plain process
+        for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+            os.environ[name] = value  # DeepSpeed reads them even alone
+    world = World(rank=_env_int("RANK", 0), size=_env_int("WORLD_SIZE", 1), local_rank=_env_int("LOCAL_RANK", 0),
+                  local_size=_env_int("LOCAL_WORLD_SIZE", _env_int("WORLD_SIZE", 1)),
+                  node_rank=_env_int("GROUP_RANK", 0), backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+    if not dist.is_initialized():
+        if world.size > 1:
+            dist.init_process_group(backend)  # torchrun's MASTER_ADDR/MASTER_PORT rendezvous
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return world
+
+
+def current_world() -> World:
+    """The world as torch.distributed sees it now, for code called without one (a world of one when
+    no process group exists, e.g. a unit test or `golong export`)."""
+    if dist.is_available() and dist.is_initialized():
+        size = dist.get_world_size()
+        return World(rank=dist.get_rank(), size=size, local_rank=_env_int("LOCAL_RANK", 0),
+                     local_size=_env_int("LOCAL_WORLD_SIZE", size), node_rank=_env_int("GROUP_RANK", 0),
+                     backend=dist.get_backend())
+    return World(rank=0, size=1, local_rank=0, local_size=1, node_rank=0,
+                 backend="nccl" if torch.cuda.is_available() else "gloo")
