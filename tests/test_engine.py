@@ -95,7 +95,7 @@ def test_prompt_once_group_token_mean_one_rank_vs_two(tiny_model_path, tmp_path)
     run_torchrun(os.path.join(DIST, "engine_groups.py"), [tiny_model_path, str(two)], nproc=2, timeout=300)
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     for step_a, step_b in zip(a["history"], b["history"]):
-        assert step_a["groups"] == step_b["groups"] == 3
+        assert step_a["denominator"] == step_b["denominator"] == 3  # groups
         assert step_a["group_tokens"] == step_b["group_tokens"] == {0: 16.0, 1: 6.0, 2: 15.0}
         assert step_a["grad_norm"] == pytest.approx(step_b["grad_norm"], rel=1e-6)
         assert step_a["loss"] == pytest.approx(step_b["loss"], rel=1e-5, abs=1e-7)

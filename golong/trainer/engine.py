@@ -73,7 +73,8 @@ class LogProbModel(nn.Module):
                              "use model.attention=auto, flex or per_sequence, or trainer.share_prompt=false")
         attention = packed_attention_kwargs(cu_seqlens, max_seqlen, cu_segments)
         if implementation == FLEX_PROMPT_ONCE:
-            attention["segment_block_mask"] = prompt_once_block_mask(cu_seqlens, cu_segments, input_ids.shape[1])
+            # over the whole row (cu_seqlens[-1] tokens), even where a sequence-parallel rank holds a slice of it
+            attention["segment_block_mask"] = prompt_once_block_mask(cu_seqlens, cu_segments, int(cu_seqlens[-1]))
         hidden = self.model.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention).last_hidden_state  # (1, T, H)
         head = self.model.get_output_embeddings().weight  # (V, H)

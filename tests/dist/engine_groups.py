@@ -10,10 +10,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from engine_common import gathered_weights, random_samples, tiny_engine
+from engine_common import gathered_weights, random_samples, tiny_engine, two_steps
 from golong.trainer.batch import pack_units
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
-from golong.trainer.loss import LossDenominator, PolicyLossStats
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
 GROUPS = [(6, [(7, 1.0), (1, -1.0), (3, 0.5), (5, -0.5)]),  # (prompt length, [(response length, advantage)])
@@ -40,14 +39,7 @@ micro_batches = [pack_units([[samples[i] for i in UNITS[u]] for u in mb]) for mb
 for mb in micro_batches:
     mb.old_logprobs = engine.old_logprobs(mb)
 
-history = []
-for _ in range(2):
-    denom = LossDenominator.build(my_samples, "group-token-mean")
-    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
-    step = engine.optimizer_step()
-    history.append({"loss": stats.loss, "grad_norm": step.grad_norm, "masked": stats.icepop_masked,
-                    "clipped": stats.clipped_low + stats.clipped_high, "groups": denom.value,
-                    "group_tokens": denom.group_tokens})
+history = two_steps(engine, micro_batches, my_samples, "group-token-mean")
 weights = gathered_weights(engine.module)
 if rank == 0:
     torch.save({"history": history, "weights": weights}, OUT_FILE)
