@@ -32,6 +32,10 @@ class Config:
                           "trainer does not (it applies the temperature only), so IcePop would mask tokens for a "
                           "mismatch of its own making", "train with rollout.top_p=1.0 (section 5.1), or set "
                           "algorithm.icepop.mode=off")
+        if self.trainer.share_prompt and self.model.attention in ("flash_attention_2", "torch_varlen"):
+            raise invalid("model.attention", f"{self.model.attention!r} attends each packed unit as one causal "
+                          "sequence, so with trainer.share_prompt a response would see its group's other responses",
+                          "use model.attention=auto (flex on CUDA, per_sequence on CPU), or trainer.share_prompt=false")
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")

@@ -84,3 +84,21 @@ def test_zero3_two_ranks_train_the_tiny_model(tiny_model_path, tmp_path):
     assert d["rank_checksums"][0] == d["rank_checksums"][1]  # both ranks hold the same model
     assert d["positive_logprob_change"] > 0 > d["negative_logprob_change"]
     assert all(h["grad_norm"] > 0 and h["packing_efficiency"] == 1.0 for h in history)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_prompt_once_group_token_mean_one_rank_vs_two(tiny_model_path, tmp_path):
+    """A group split into two units on two ranks counts once: 1 rank x 4 micro-batches == 2 ranks x 2."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    run_python(os.path.join(DIST, "engine_groups.py"), [tiny_model_path, str(one)])
+    run_torchrun(os.path.join(DIST, "engine_groups.py"), [tiny_model_path, str(two)], nproc=2, timeout=300)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    for step_a, step_b in zip(a["history"], b["history"]):
+        assert step_a["denominator"] == step_b["denominator"] == 3  # groups
+        assert step_a["group_tokens"] == step_b["group_tokens"] == {0: 16.0, 1: 6.0, 2: 15.0}
+        assert step_a["grad_norm"] == pytest.approx(step_b["grad_norm"], rel=1e-6)
+        assert step_a["loss"] == pytest.approx(step_b["loss"], rel=1e-5, abs=1e-7)
+        assert step_a["masked"] == step_b["masked"]
+    assert a["history"][1]["clipped"] > 0  # the second update ran off-policy: clipping engaged
+    assert max_diff(a["weights"], b["weights"]) < 1e-5

@@ -93,7 +93,7 @@ class AdvantageEstimator:
     """
 
     # The loss aggregation this estimator is designed for; the loss config's `agg_mode: auto`
-    # follows it ("constant-norm" for dr_grpo, Eq. 3). None: the trainer's default (token-mean, Eq. 4).
+    # follows it ("constant-norm" for dr_grpo, Eq. 3). None: the trainer's default (token-mean, DAPO's whole-step token mean).
     preferred_loss_agg: ClassVar[str | None] = None
     # True: the advantage compares a response with the other responses to its prompt (a group
     # baseline), so rollout.n = 1 makes every advantage 0; config validation then asks for

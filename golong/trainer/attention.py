@@ -1,22 +1,38 @@
-"""Attention over a packed row: several sequences concatenated, none attending to another.
+"""Attention over a packed row: prompt-once units back to back, none attending to another.
 
-A packed micro-batch is one row `(1, T)` holding sequences back to back, position ids restarting at 0
-for each. transformers' "sdpa"/"eager" paths given only position ids let tokens attend across
-sequence boundaries (ENVIRONMENT.md), and a dense block-diagonal mask costs O(T^2). Instead the
-model runs with an attention implementation that receives the sequence boundaries as the kwargs
-transformers forwards to every attention call (`cu_seq_lens_q/k`, `max_length_q/k`, the names its
-flash_attention_2 path uses for `flash_attn_varlen_func`) and attends sequence by sequence:
+A packed micro-batch is one row `(1, T)` of units `[prompt, r_1, ..., r_k]` (golong/trainer/batch.py):
+a prompt token attends causally within its prompt, a token of response r_i attends to the whole prompt
+and causally to r_i, never to r_j (j != i) nor to another unit. transformers' "sdpa"/"eager" paths
+given only position ids let tokens attend across sequence boundaries, and a dense [T, T] mask costs
+O(T^2) memory. Instead the model runs with an attention implementation that receives the layout as
+forward kwargs, which transformers hands unchanged to every attention call. They describe the WHOLE
+row in row coordinates (no per-rank state), so a sequence-parallel wrapper that gives the inner
+attention the whole row with a subset of heads can pass them on as they are:
 
-- CPU: `golong_per_sequence`, exact causal SDPA per sequence (cost: sum of length^2).
-- CUDA: flash-attn's varlen kernel through transformers' `flash_attention_2` when flash-attn is
-  installed, else `golong_torch_varlen` (PyTorch's own `varlen_attn`).
+    cu_seq_lens_q, cu_seq_lens_k  (U+1,) int32  unit boundaries (the names transformers' flash path uses)
+    max_length_q, max_length_k    int           longest unit
+    cu_segments                   (S+1,) int32  segment boundaries: each unit's prompt, then each response
+    segment_block_mask            BlockMask     flex only: the same layout as a block-sparse mask, built
+                                                once per forward (`prompt_once_block_mask`), any head count
 
-    attn_implementation = resolve_attention("auto", torch.device("cpu"))   # before from_pretrained
-    model(input_ids, position_ids=..., **packed_attention_kwargs(cu_seqlens, max_seqlen))
+Implementations (`model.attention`):
+- CPU: `golong_per_sequence`, exact SDPA: per unit the prompt causally once, then each response's
+  queries against [prompt keys; own keys] with a bottom-right causal mask (cost: sum of
+  prompt^2 + response x (prompt + response)). A unit with one response is one causal call.
+- CUDA, prompt-once (`trainer.share_prompt`): `golong_flex_prompt_once`, torch's flex_attention
+  with a block mask from unit/segment ids: no copy of a prompt's keys/values per response, and blocks
+  that are fully masked are skipped.
+- CUDA, one response per unit: flash-attn's varlen kernel through transformers' `flash_attention_2`
+  when flash-attn is installed, else `golong_torch_varlen` (PyTorch's own `varlen_attn`).
+
+    attn_implementation = resolve_attention("auto", torch.device("cpu"), share_prompt=True)  # before from_pretrained
+    model(input_ids, position_ids=..., **packed_attention_kwargs(cu_seqlens, max_seqlen, cu_segments))
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -24,19 +40,35 @@ from transformers import AttentionInterface
 
 PER_SEQUENCE = "golong_per_sequence"
 TORCH_VARLEN = "golong_torch_varlen"
+FLEX_PROMPT_ONCE = "golong_flex_prompt_once"
+PROMPT_ONCE_IMPLEMENTATIONS = (PER_SEQUENCE, FLEX_PROMPT_ONCE)  # those that honour cu_segments
 
 
-def packed_attention_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
-    """The forward kwargs that carry a packed row's sequence boundaries down to every attention call."""
-    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
-            "max_length_q": max_seqlen, "max_length_k": max_seqlen}
+def packed_attention_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, cu_segments: torch.Tensor | None = None) -> dict:
+    """The forward kwargs that carry a packed row's layout down to every attention call.
+    Without `cu_segments` every unit is one causal sequence (one response per unit)."""
+    kwargs = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_seqlen, "max_length_k": max_seqlen}
+    if cu_segments is not None:
+        kwargs["cu_segments"] = cu_segments
+    return kwargs
+
+
+def one_response_per_unit(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor | None) -> bool:
+    """Whether every unit is [prompt, one response]: then a unit is an ordinary causal sequence."""
+    return cu_segments is None or cu_segments.numel() <= 2 * (cu_seqlens.numel() - 1) + 1
+
+
+def _bottom_right_causal(queries: int, keys: int, device) -> torch.Tensor:
+    """(queries, keys) bool: query i sees keys 0 .. keys - queries + i (the last query sees every key)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
 
 
 def per_sequence_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                           sliding_window=None, cu_seq_lens_q=None, **kwargs):
-    """Exact causal attention run separately on each sequence of a packed row.
+                           sliding_window=None, cu_seq_lens_q=None, cu_segments=None, **kwargs):
+    """Exact attention over the units of a packed row on SDPA (the CPU path; also correct on CUDA).
 
-    query (1, Hq, T, D), key/value (1, Hkv, T, D) as transformers hands them; returns (1, T, Hq, D).
+    query (1, Hq, T, D), key/value (1, Hkv, T, D) as transformers hands them (any Hq, Hkv with Hq a
+    multiple of Hkv); returns (1, T, Hq, D).
     """
     if cu_seq_lens_q is None:
         raise ValueError(f"{PER_SEQUENCE} attention needs the packed row's boundaries: pass "
@@ -45,24 +77,43 @@ def per_sequence_attention(module, query, key, value, attention_mask, scaling=No
         raise NotImplementedError(f"{PER_SEQUENCE} attention does not implement sliding-window layers")
     if query.shape[0] != 1:
         raise ValueError(f"a packed micro-batch is one row, got batch size {query.shape[0]}")
-    bounds = cu_seq_lens_q.tolist()
+    attend = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout if module.training else 0.0,
+                               scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    units = cu_seq_lens_q.tolist()
+    segments = cu_segments.tolist() if cu_segments is not None else units
     out = torch.empty_like(query)
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        out[:, :, start:end] = F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-            dropout_p=dropout if module.training else 0.0, is_causal=True, scale=scaling,
-            enable_gqa=query.shape[1] != key.shape[1])
+    s = 0  # index into segments
+    for start, end in zip(units[:-1], units[1:]):
+        while segments[s] < start:
+            s += 1
+        bounds = list(itertools.takewhile(lambda b: b <= end, segments[s:]))  # start, prompt end, response ends...
+        if len(bounds) <= 3:  # [prompt, one response]: one causal sequence
+            out[:, :, start:end] = attend(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True)
+            continue
+        prompt_end = bounds[1]
+        out[:, :, start:prompt_end] = attend(query[:, :, start:prompt_end], key[:, :, start:prompt_end],
+                                             value[:, :, start:prompt_end], is_causal=True)
+        for a, b in zip(bounds[1:-1], bounds[2:]):
+            if a == b:
+                continue  # an empty response
+            k = torch.cat([key[:, :, start:prompt_end], key[:, :, a:b]], dim=2)
+            v = torch.cat([value[:, :, start:prompt_end], value[:, :, a:b]], dim=2)
+            out[:, :, a:b] = attend(query[:, :, a:b], k, v, attn_mask=_bottom_right_causal(b - a, k.shape[2], query.device))
     return out.transpose(1, 2).contiguous(), None
 
 
 def torch_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                            sliding_window=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
-                           max_length_q=None, max_length_k=None, **kwargs):
-    """CUDA only: PyTorch's FlashAttention varlen kernel over the packed row (no flash-attn package)."""
+                           max_length_q=None, max_length_k=None, cu_segments=None, **kwargs):
+    """CUDA only: PyTorch's FlashAttention varlen kernel over the packed row (no flash-attn package).
+    One response per unit only: each unit is one causal sequence."""
     from torch.nn.attention.varlen import varlen_attn
 
     if cu_seq_lens_q is None:
         raise ValueError(f"{TORCH_VARLEN} attention needs packed_attention_kwargs(...) in the forward call")
+    if not one_response_per_unit(cu_seq_lens_q, cu_segments):
+        raise ValueError(f"{TORCH_VARLEN} attention cannot attend prompt-once groups: use model.attention=flex "
+                         "(or auto), or trainer.share_prompt=false")
     if dropout or sliding_window is not None:
         raise NotImplementedError(f"{TORCH_VARLEN} attention supports neither dropout nor sliding windows")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
@@ -72,17 +123,79 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
     return out.unsqueeze(0), None
 
 
+def segment_ids(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int):
+    """Per row position: (unit id, segment id, whether the token is a prompt token), all (T,)."""
+    positions = torch.arange(num_tokens, device=cu_segments.device, dtype=torch.int32)
+    unit = torch.bucketize(positions, cu_seqlens[1:].to(positions), right=True)
+    segment = torch.bucketize(positions, cu_segments[1:].to(positions), right=True)
+    segment_is_prompt = torch.isin(cu_segments[:-1].to(positions), cu_seqlens[:-1].to(positions))
+    return unit, segment, segment_is_prompt[segment]
+
+
+def prompt_once_mask_mod(unit: torch.Tensor, segment: torch.Tensor, is_prompt: torch.Tensor):
+    """flex_attention's mask_mod of the layout: same unit, causal in the row, and the key is a
+    prompt token or in the query's own segment (a response never sees another response)."""
+    def mask_mod(b, h, q, k):
+        return (unit[q] == unit[k]) & (k <= q) & (is_prompt[k] | (segment[q] == segment[k]))
+    return mask_mod
+
+
+def prompt_once_block_mask(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int):
+    """The layout as a flex_attention BlockMask over the whole row (every head and batch entry alike)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask_mod = prompt_once_mask_mod(*segment_ids(cu_seqlens, cu_segments, num_tokens))
+    return create_block_mask(mask_mod, None, None, num_tokens, num_tokens, device=cu_segments.device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)  # the fused kernel; eager flex materialises the scores
+
+
+def flex_prompt_once_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                               sliding_window=None, cu_seq_lens_q=None, cu_segments=None,
+                               segment_block_mask=None, **kwargs):
+    """Prompt-once attention with torch's flex_attention: one call over the whole row, no per-response
+    copy of a prompt's keys/values. query (1, Hq, T, D), key/value (1, Hkv, T, D); returns (1, T, Hq, D).
+    Fused (compiled) on CUDA; on CPU torch runs it eagerly and forward only (tests check its mask)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if cu_seq_lens_q is None:
+        raise ValueError(f"{FLEX_PROMPT_ONCE} attention needs packed_attention_kwargs(...) in the forward call")
+    if dropout or sliding_window is not None:
+        raise NotImplementedError(f"{FLEX_PROMPT_ONCE} attention supports neither dropout nor sliding windows")
+    if cu_segments is None:  # one response per unit: each unit is its own segment after the prompt
+        cu_segments = cu_seq_lens_q
+    if segment_block_mask is None:
+        segment_block_mask = prompt_once_block_mask(cu_seq_lens_q, cu_segments, query.shape[2])
+    attend = _compiled_flex_attention() if query.is_cuda else flex_attention
+    out = attend(query, key, value, block_mask=segment_block_mask, scale=scaling,
+                 enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
 AttentionInterface.register(PER_SEQUENCE, per_sequence_attention)
 AttentionInterface.register(TORCH_VARLEN, torch_varlen_attention)
+AttentionInterface.register(FLEX_PROMPT_ONCE, flex_prompt_once_attention)
 
 
-def resolve_attention(choice: str, device: torch.device) -> str:
-    """The `attn_implementation` for `from_pretrained` that gives packed rows exact attention."""
+def resolve_attention(choice: str, device: torch.device, share_prompt: bool = False) -> str:
+    """The `attn_implementation` for `from_pretrained` that gives packed rows exact attention.
+    With `share_prompt` (prompt-once units) only implementations that honour `cu_segments` qualify."""
     if choice == "per_sequence" or (choice == "auto" and device.type == "cpu"):
         return PER_SEQUENCE
-    # --- CUDA-only branch: varlen FlashAttention kernels -------------------------------------
+    # --- CUDA-only branch: flex_attention (prompt-once) and varlen FlashAttention kernels -----
     if device.type != "cuda":
         raise ValueError(f"model.attention={choice!r} needs CUDA; on {device.type} use 'per_sequence' or 'auto'")
+    if choice == "flex" or (choice == "auto" and share_prompt):
+        return FLEX_PROMPT_ONCE
+    if share_prompt:
+        raise ValueError(f"model.attention={choice!r} attends each unit as one causal sequence, which would let a "
+                         "response see its group's other responses: use model.attention=flex (or auto), "
+                         "or trainer.share_prompt=false")
     has_flash_attn = importlib.util.find_spec("flash_attn") is not None
     if choice == "flash_attention_2" and not has_flash_attn:
         raise ValueError("model.attention='flash_attention_2' needs the flash-attn package; "

@@ -1,9 +1,23 @@
 """What the trainer trains on: one response (`TrainSample`) and a packed micro-batch of them.
 
-`pack(samples)` concatenates prompt+response sequences into one row with no padding; position ids
-restart at 0 for each sequence and `cu_seqlens` marks the boundaries for varlen attention. Only
-response tokens reach the LM head: `logit_positions` are the row positions whose hidden states
-predict them (each response token is predicted by the token before it).
+A packed micro-batch is one row of *units* back to back, with no padding. A unit is one prompt
+followed by some or all of its responses (prompt-once groups, `trainer.share_prompt`):
+
+    row:       [ p p p p | a a a | b b | q q | c c c c ]      two units: [prompt p, a, b] and [prompt q, c]
+    positions:   0 1 2 3   4 5 6   4 5   0 1   2 3 4 5       each response continues from its prompt's length
+    segments:    0 0 0 0   1 1 1   2 2   3 3   4 4 4 4       the prompt and each response are segments
+
+Attention is exact per response: a prompt token attends causally within its prompt; a token of
+response r attends to the whole prompt of its unit and causally to r, never to another response and
+never to another unit. So every response sees exactly what it was sampled with (same tokens, same
+positions), and the prompt runs once per unit instead of once per response. With share_prompt off
+every unit holds one response: the layout is then plain `prompt + response` sequences.
+
+The layout reaches the attention as row coordinates (`golong.trainer.attention.packed_attention_kwargs`):
+`cu_seqlens` are the unit boundaries, `cu_segments` the segment boundaries. Only response tokens
+reach the LM head: `logit_positions` are the row positions whose hidden states predict them (the
+first token of every response of a unit is predicted by the prompt's last token, so that position
+repeats once per response; every later token by the response's previous token).
 """
 from __future__ import annotations
 
@@ -21,6 +35,7 @@ class TrainSample:
     advantage: float
     rollout_logprobs: torch.Tensor | None = None  # (R,) log-probs the rollout engine sampled the response with
     loss_weight: float = 1.0  # scales the response's loss; 0 leaves it out of the loss and its denominator
+    group_id: int | None = None  # the prompt group: responses with one group_id share prompt_ids (None: alone)
 
     def __post_init__(self):
         if not self.prompt_ids:
@@ -39,22 +54,32 @@ class TrainSample:
         return self.loss_weight != 0 and len(self.response_ids) > 0
 
 
+def unit_num_tokens(unit: list[TrainSample]) -> int:
+    """Tokens of a unit packed prompt-once: the prompt once, then every response."""
+    return len(unit[0].prompt_ids) + sum(len(s.response_ids) for s in unit)
+
+
 @dataclass
 class PackedMicroBatch:
-    """Sequences packed into one row; R = response tokens of all sequences, S = sequences."""
+    """Units packed into one row (see the module docstring). T = row tokens, U = units,
+    S = segments (each unit's prompt and each of its responses), N = responses, R = response tokens."""
 
-    input_ids: torch.Tensor  # (1, T) prompt + response tokens, sequence after sequence
-    position_ids: torch.Tensor  # (1, T) restarting at 0 for each sequence
-    cu_seqlens: torch.Tensor  # (S+1,) int32, sequence boundaries in the row
-    max_seqlen: int
-    logit_positions: torch.Tensor  # (R,) int64, row position whose hidden state predicts each response token
-    labels: torch.Tensor  # (R,) int64, the response tokens
-    advantages: torch.Tensor  # (R,) fp32, each token's sequence advantage
-    loss_mask: torch.Tensor  # (R,) fp32, the sequence's loss_weight (0: out of the loss)
-    seq_index: torch.Tensor  # (R,) int64, which sequence of this micro-batch each token belongs to
+    input_ids: torch.Tensor  # (1, T) int64: unit after unit, each [prompt, r_1, ..., r_k]
+    position_ids: torch.Tensor  # (1, T) int64: 0.. over the prompt, every response continuing from the prompt length
+    cu_seqlens: torch.Tensor  # (U+1,) int32: unit boundaries in the row
+    max_seqlen: int  # longest unit
+    cu_segments: torch.Tensor  # (S+1,) int32: segment boundaries in the row (a unit starts with its prompt segment)
+    max_segment_len: int  # longest segment
+    logit_positions: torch.Tensor  # (R,) int64: row position whose hidden state predicts each response token
+    labels: torch.Tensor  # (R,) int64: the response tokens
+    advantages: torch.Tensor  # (R,) fp32: each token's response advantage
+    loss_mask: torch.Tensor  # (R,) fp32: the response's loss_weight (0: out of the loss)
+    seq_index: torch.Tensor  # (R,) int64: which response of this micro-batch each token belongs to (0..N-1)
+    group_ids: torch.Tensor  # (R,) int64: the token's TrainSample.group_id (-1 where None)
     rollout_logprobs: torch.Tensor | None  # (R,) fp32, None when a sample has none
     num_real_tokens: int  # tokens of real samples (a filler micro-batch has 0)
-    old_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.old_logprobs
+    num_responses: int  # N (a filler has 0)
+    old_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.old_logprobs (or by forward_backward)
     ref_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.ref_logprobs (KL only)
 
     @property
@@ -73,35 +98,60 @@ class PackedMicroBatch:
 _FILLER = TrainSample(prompt_ids=[0], response_ids=[0], advantage=0.0, rollout_logprobs=torch.zeros(1), loss_weight=0.0)
 
 
-def _per_token(values: list[float], response_lengths: torch.Tensor) -> torch.Tensor:
-    """(R,) fp32: each sequence's value repeated over its response tokens."""
-    return torch.repeat_interleave(torch.tensor(values, dtype=torch.float32), response_lengths)
+def _per_token(values: list[float], response_lengths: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """(R,): each response's value repeated over its tokens."""
+    return torch.repeat_interleave(torch.tensor(values, dtype=dtype), response_lengths)
 
 
 def pack(samples: list[TrainSample]) -> PackedMicroBatch:
-    """Concatenate `samples` into one packed row (an empty list gives a zero-weight filler)."""
-    real = bool(samples)
-    samples = samples or [_FILLER]
-    lengths = [s.num_tokens for s in samples]
-    input_ids = torch.tensor([t for s in samples for t in (*s.prompt_ids, *s.response_ids)], dtype=torch.long)
-    position_ids = torch.cat([torch.arange(n) for n in lengths])
-    cu_seqlens = torch.zeros(len(samples) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
-    starts = cu_seqlens[:-1].tolist()
-    logit_positions = torch.cat([torch.arange(len(s.response_ids)) + start + len(s.prompt_ids) - 1
-                                 for s, start in zip(samples, starts)])
+    """One sequence `prompt + response` per sample (share_prompt off); an empty list gives a zero-weight filler."""
+    return pack_units([[s] for s in samples])
+
+
+def pack_units(units: list[list[TrainSample]]) -> PackedMicroBatch:
+    """Pack prompt-once units into one row; every sample of a unit must have the same prompt_ids.
+    No units gives a zero-weight filler."""
+    real = bool(units)
+    units = units or [[_FILLER]]
+    for unit in units:
+        if not unit or any(s.prompt_ids != unit[0].prompt_ids for s in unit[1:]):
+            raise ValueError("a prompt-once unit needs at least one sample, and all of its samples must share prompt_ids")
+    ids: list[int] = []
+    positions: list[torch.Tensor] = []
+    unit_bounds, segment_bounds, logit_positions = [0], [0], []
+    for unit in units:
+        prompt = unit[0].prompt_ids
+        ids += prompt
+        positions.append(torch.arange(len(prompt)))
+        prompt_last = len(ids) - 1
+        segment_bounds.append(len(ids))
+        for s in unit:
+            start = len(ids)
+            ids += s.response_ids
+            positions.append(torch.arange(len(prompt), len(prompt) + len(s.response_ids)))
+            segment_bounds.append(len(ids))
+            if s.response_ids:  # token 0 is predicted by the prompt's last token, token j by token j - 1
+                logit_positions.append(torch.tensor([prompt_last, *range(start, start + len(s.response_ids) - 1)]))
+        unit_bounds.append(len(ids))
+    samples = [s for unit in units for s in unit]
     response_lengths = torch.tensor([len(s.response_ids) for s in samples])
     have_rollout = all(s.rollout_logprobs is not None for s in samples)
+    cu_seqlens = torch.tensor(unit_bounds, dtype=torch.int32)
+    cu_segments = torch.tensor(segment_bounds, dtype=torch.int32)
     return PackedMicroBatch(
-        input_ids=input_ids[None],
-        position_ids=position_ids[None],
+        input_ids=torch.tensor(ids, dtype=torch.long)[None],
+        position_ids=torch.cat(positions)[None],
         cu_seqlens=cu_seqlens,
-        max_seqlen=max(lengths),
-        logit_positions=logit_positions,
-        labels=input_ids[logit_positions + 1],
+        max_seqlen=int(cu_seqlens.diff().max()),
+        cu_segments=cu_segments,
+        max_segment_len=int(cu_segments.diff().max()),
+        logit_positions=torch.cat(logit_positions) if logit_positions else torch.zeros(0, dtype=torch.long),
+        labels=torch.tensor([t for s in samples for t in s.response_ids], dtype=torch.long),
         advantages=_per_token([s.advantage for s in samples], response_lengths),
         loss_mask=_per_token([s.loss_weight for s in samples], response_lengths),
         seq_index=torch.repeat_interleave(torch.arange(len(samples)), response_lengths),
+        group_ids=_per_token([-1 if s.group_id is None else s.group_id for s in samples], response_lengths, torch.long),
         rollout_logprobs=torch.cat([s.rollout_logprobs.float() for s in samples]) if have_rollout else None,
-        num_real_tokens=sum(lengths) if real else 0,
+        num_real_tokens=len(ids) if real else 0,
+        num_responses=len(samples) if real else 0,
     )

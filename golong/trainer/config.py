@@ -12,8 +12,8 @@ from golong.configlib import invalid, option
 class ModelConfig:
     path: str = option("", "Local HF model folder or hub id of the policy (loaded with transformers).")
     dtype: Literal["auto", "bfloat16", "float32"] = option("auto", "Training dtype; auto is bfloat16 on CUDA and float32 on CPU.")
-    attention: Literal["auto", "flash_attention_2", "torch_varlen", "per_sequence"] = option(
-        "auto", "Packed attention: auto picks flash-attn varlen on CUDA (torch varlen without flash-attn), per_sequence on CPU.")
+    attention: Literal["auto", "flex", "flash_attention_2", "torch_varlen", "per_sequence"] = option(
+        "auto", "Packed attention: auto picks per_sequence (exact SDPA) on CPU; on CUDA flex (flex_attention) with trainer.share_prompt, else flash-attn varlen (torch varlen without flash-attn).")
     gradient_checkpointing: bool = option(True, "Recompute activations in backward (activation checkpointing).")
     trust_remote_code: bool = option(False, "Allow model code from the model folder (transformers trust_remote_code).")
     zero3_leaf_modules: list[str] = option([], "Module class names gathered whole under ZeRO-3 (MoE blocks, e.g. Qwen3MoeSparseMoeBlock).")
@@ -28,8 +28,11 @@ class PolicyLossConfig:
     clip_ratio_low: float = option(0.2, "PPO clip: rho is kept above 1 - clip_ratio_low (Table 12: 0.2).")
     clip_ratio_high: float = option(0.28, "Clip-higher: rho is kept below 1 + clip_ratio_high (Table 12: 0.28).")
     dual_clip_c: float = option(3.0, "Dual clip for negative advantages: the loss is at most c * |A| (Table 12: 3.0); 0 turns it off.")
-    agg_mode: Literal["auto", "token-mean", "seq-mean-token-mean", "constant-norm"] = option(
-        "auto", "Loss aggregation; auto uses the estimator's preference (constant-norm for dr_grpo), else token-mean (Eq. 4).")
+    agg_mode: Literal["auto", "group-token-mean", "token-mean", "seq-mean-token-mean", "constant-norm"] = option(
+        "auto", "Loss aggregation. group-token-mean: Eq. 4, each prompt group's token losses over its G responses' "
+        "tokens, then the mean over groups; token-mean: DAPO, all tokens of the step over their count; "
+        "seq-mean-token-mean: mean over responses of each response's token mean; constant-norm: Dr.GRPO's Eq. 3. "
+        "auto uses the estimator's preference (constant-norm for dr_grpo), else token-mean.")
     constant_norm_length: int = option(0, "Dr.GRPO's constant L (Eq. 3); 0 means rollout.max_response_length.")
     kl_coef: float = option(0.0, "Weight of the k3 KL to the initial (reference) policy; 0 keeps no reference model.")
     entropy_coef: float = option(0.0, "Entropy bonus weight (0 by default).")
@@ -106,6 +109,7 @@ class TrainerConfig:
     offload_params: bool = option(False, "ZeRO-3: keep parameters in CPU memory.")
     deepspeed: dict[str, Any] = option({}, "Raw DeepSpeed config merged over golong's (for experts).")
     micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens).")
+    share_prompt: bool = option(True, "Prompt-once groups: a micro-batch packs [prompt, r_1..r_k], the prompt computed once per group (or per unit of a split group); false packs one prompt+response sequence per response.")
     logprob_chunk_size: int = option(1024, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole (1024 x 151,936 fp32 = 0.58 GiB).")
 
     def validate(self) -> None:

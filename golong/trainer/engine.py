@@ -3,8 +3,8 @@
 One `PolicyEngine` per process (torchrun rank, or a single process as world size 1). A step:
 
     denom = LossDenominator.build(samples, agg_mode)                   # once, all ranks
-    mbs = [pack([samples[i] for i in mb]) for mb in plan[rank]]        # same count on every rank
-    for mb in mbs: mb.old_logprobs = engine.old_logprobs(mb)           # optional, see forward_backward
+    mbs = [pack_units(units_of(mb)) for mb in plan[rank]]              # same count on every rank (packing.py)
+    for mb in mbs: mb.old_logprobs = engine.old_logprobs(mb)           # only when ppo_epochs > 1 or KL (see forward_backward)
     stats = sum((engine.forward_backward(mb, denom) for mb in mbs), PolicyLossStats())
     step_stats = engine.optimizer_step()
 
@@ -28,7 +28,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
-from golong.trainer.attention import packed_attention_kwargs, resolve_attention
+from golong.trainer.attention import (FLEX_PROMPT_ONCE, PROMPT_ONCE_IMPLEMENTATIONS, one_response_per_unit,
+                                      packed_attention_kwargs, prompt_once_block_mask, resolve_attention)
 from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.logprobs import token_logprobs
@@ -51,8 +52,10 @@ class StepStats:
 class LogProbModel(nn.Module):
     """A causal LM whose forward returns the log-probs of the response tokens of a packed row.
 
-    Only the hidden states at `logit_positions` go through the LM head, chunk by chunk
-    (`token_logprobs`), so neither prompt logits nor [tokens x vocab] ever exist.
+    The row's layout (prompt-once units, golong/trainer/batch.py) reaches every attention call as the
+    kwargs of `packed_attention_kwargs`; for flex attention the block mask is built here, once per
+    forward, not once per layer. Only the hidden states at `logit_positions` go through the LM head,
+    chunk by chunk (`token_logprobs`), so neither prompt logits nor [tokens x vocab] ever exist.
     """
 
     def __init__(self, model: nn.Module, temperature: float, chunk_size: int):
@@ -61,10 +64,18 @@ class LogProbModel(nn.Module):
         self.temperature = temperature
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, logit_positions, labels, with_entropy=False):
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cu_segments, logit_positions, labels,
+                with_entropy=False):
+        implementation = self.model.config._attn_implementation
+        if implementation not in PROMPT_ONCE_IMPLEMENTATIONS and not one_response_per_unit(cu_seqlens, cu_segments):
+            raise ValueError(f"attention {implementation!r} cannot attend prompt-once groups (trainer.share_prompt): "
+                             "use model.attention=auto, flex or per_sequence, or trainer.share_prompt=false")
+        attention = packed_attention_kwargs(cu_seqlens, max_seqlen, cu_segments)
+        if implementation == FLEX_PROMPT_ONCE:
+            # over the whole row (cu_seqlens[-1] tokens), even where a sequence-parallel rank holds a slice of it
+            attention["segment_block_mask"] = prompt_once_block_mask(cu_seqlens, cu_segments, int(cu_seqlens[-1]))
         hidden = self.model.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False,
-            **packed_attention_kwargs(cu_seqlens, max_seqlen)).last_hidden_state  # (1, T, H)
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention).last_hidden_state  # (1, T, H)
         head = self.model.get_output_embeddings().weight  # (V, H)
         return token_logprobs(hidden[0, logit_positions], head, labels, temperature=self.temperature,
                               chunk_size=self.chunk_size, with_entropy=with_entropy)
@@ -144,6 +155,7 @@ class PolicyEngine:
                  icepop_cfg: IcePopConfig, temperature: float, world: World | None = None):
         self.loss_cfg, self.icepop_cfg = loss_cfg, icepop_cfg
         self.world = world or init_world()  # DeepSpeed needs a process group, even in a world of one
+        self.share_prompt = trainer_cfg.share_prompt
         self.device = torch.device("cpu")
         if get_accelerator().device_name() == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
             self.device = torch.device("cuda", self.world.local_rank)
@@ -189,7 +201,7 @@ class PolicyEngine:
         hf_ds_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
         model = AutoModelForCausalLM.from_pretrained(
             model_cfg.path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
-            attn_implementation=resolve_attention(model_cfg.attention, self.device))
+            attn_implementation=resolve_attention(model_cfg.attention, self.device, self.share_prompt))
         model.config.use_cache = False
         if model_cfg.zero3_leaf_modules:  # e.g. MoE blocks: gathered whole, not expert by expert
             set_z3_leaf_modules(model, model_cfg.zero3_leaf_modules)
@@ -206,7 +218,8 @@ class PolicyEngine:
 
     def _inputs(self, mb: PackedMicroBatch) -> dict:
         return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
-                    max_seqlen=mb.max_seqlen, logit_positions=mb.logit_positions, labels=mb.labels)
+                    max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
+                    labels=mb.labels)
 
     @torch.no_grad()
     def old_logprobs(self, mb: PackedMicroBatch) -> torch.Tensor:
@@ -225,14 +238,17 @@ class PolicyEngine:
 
         Without `mb.old_logprobs` the current log-probs (detached) stand in for them: exact when no
         optimizer step has happened since the rollout (one update per batch, Table 12's PPO epochs = 1),
-        and it saves a forward pass.
+        and it saves the separate old-log-prob pass. They are then recorded as the caller's
+        `mb.old_logprobs` (so rollout/logprob_abs_diff and later epochs can read them).
         """
         start = time.perf_counter()
-        mb = mb.to(self.device)
+        caller_mb, mb = mb, mb.to(self.device)
         logp, entropy = self.ds_engine(**self._inputs(mb), with_entropy=True)
-        old_logp = mb.old_logprobs if mb.old_logprobs is not None else logp.detach()
-        loss, stats = policy_loss(logp, old_logp, mb.rollout_logprobs, mb.advantages, mb.loss_mask, mb.seq_index,
-                                  self.loss_cfg, self.icepop_cfg, denom, entropy=entropy, ref_logp=mb.ref_logprobs)
+        if mb.old_logprobs is None:
+            caller_mb.old_logprobs = mb.old_logprobs = logp.detach()
+        loss, stats = policy_loss(logp, mb.old_logprobs, mb.rollout_logprobs, mb.advantages, mb.loss_mask,
+                                  mb.seq_index, self.loss_cfg, self.icepop_cfg, denom, entropy=entropy,
+                                  ref_logp=mb.ref_logprobs, group_ids=mb.group_ids)
         # `loss` is this micro-batch's share of the step's loss (a sum over the step divided by the
         # step-wide denominator). DeepSpeed averages gradients over the data-parallel ranks, so scale
         # by their number to get the sum; scale_wrt_gas=False keeps it from dividing by accumulation steps.

@@ -4,8 +4,8 @@
     2. rollouts     G responses per prompt from the current policy (vLLM)        golong/rollout
     3. rewards      one verifiable score per response                            golong/rewards
     4. advantages   over the whole batch: GRPO | Dr.GRPO | TMN-Reweight | yours   golong/advantage
-    5. pack         this rank's share of responses into token-budget micro-batches
-    6. old log-probs under the policy that sampled (and IcePop's view of the mismatch)
+    5. pack         prompt-once groups [prompt, r_1..r_k] (this rank's share) into token-budget micro-batches
+    6. old log-probs under the policy that sampled, when the update's first forward cannot give them
     7. update       ppo_epochs x (forward/backward per micro-batch, optimizer step)
     8. sync         the new weights into the vLLM engine
 
@@ -41,13 +41,13 @@ from golong.data.schema import Example
 from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
-from golong.trainer.batch import TrainSample, pack
+from golong.trainer.batch import TrainSample, pack_units, unit_num_tokens
 from golong.trainer.checkpoint import PER_NODE, Checkpointer, RunState, folder_layout
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.export import export_hf
 from golong.trainer.loss import LossDenominator, PolicyLossStats, resolve_agg_mode
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
-from golong.trainer.packing import plan_micro_batches
+from golong.trainer.packing import plan_micro_batches, plan_units
 from golong.world import World, init_world
 
 logger = logging.getLogger("golong")
@@ -76,7 +76,7 @@ class Run:
     rollout: RolloutEngine
     collector: RolloutCollector  # stages 1-3: prompts -> scored responses of every rank
     estimator: advantage_lib.AdvantageEstimator
-    agg_mode: str  # resolved loss aggregation (Eq. 3 / Eq. 4)
+    agg_mode: str  # resolved loss aggregation (Eq. 3, Eq. 4 or DAPO's token mean)
     constant_norm_length: int  # Dr.GRPO's L (Eq. 3), used by agg_mode constant-norm
 
 
@@ -100,18 +100,22 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     with timer.phase("advantage"):
         advantages = run.estimator(rollouts.rewards, rollouts.group_index, rollouts.task_index)
 
-    # 5. this rank's share, packed into micro-batches of at most micro_batch_max_tokens
+    # 5. prompt-once units (a group's prompt and responses), this rank's share in token-budget micro-batches
     samples = to_train_samples(run, rollouts, advantages)
-    plan = plan_micro_batches([s.num_tokens for s in samples], cfg.trainer.micro_batch_max_tokens, world.size)
-    my_samples = [samples[i] for indices in plan[world.rank] for i in indices]
-    micro_batches = [pack([samples[i] for i in indices]) for indices in plan[world.rank]]
+    max_tokens = cfg.trainer.micro_batch_max_tokens
+    units = plan_units(samples, max_tokens, cfg.trainer.share_prompt)
+    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, world.size)
+    my_samples = [samples[i] for mb in plan[world.rank] for u in mb for i in units[u]]
+    micro_batches = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[world.rank]]
 
-    # 6. old log-probs: the trainer's view of the policy that sampled (and the reference's, for KL)
+    # 6. old log-probs: a separate pass only when the update's first forward cannot give them (more than
+    # one update per batch, or a KL reference); otherwise forward_backward records its own, detached
     with timer.phase("old_logprobs"):
-        for mb in micro_batches:
-            mb.old_logprobs = policy.old_logprobs(mb)
-            if cfg.algorithm.loss.kl_coef:
-                mb.ref_logprobs = policy.ref_logprobs(mb)
+        if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.loss.kl_coef:
+            for mb in micro_batches:
+                mb.old_logprobs = policy.old_logprobs(mb)
+                if cfg.algorithm.loss.kl_coef:
+                    mb.ref_logprobs = policy.ref_logprobs(mb)
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
     denom = LossDenominator.build(my_samples, run.agg_mode, run.constant_norm_length)
@@ -136,6 +140,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
         **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
+        "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)
         "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
         "sync/seconds": sync.seconds,
         "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
@@ -152,7 +157,8 @@ def collect_rollouts(run: Run) -> StepRollouts:
 
 
 def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
-    """One TrainSample per response: exactly the sampled token ids (never decoded and re-encoded)."""
+    """One TrainSample per response: exactly the sampled token ids (never decoded and re-encoded);
+    group_id is the step's prompt group, which prompt-once packing and group-token-mean read."""
     overlong_mask = run.cfg.rollout.overlong_mask
     return [
         TrainSample(
@@ -161,6 +167,7 @@ def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> 
             advantage=float(advantages[i]),
             rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
             loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
+            group_id=int(rollouts.group_index[i]),
         )
         for i, row in enumerate(rollouts.example_index)
     ]

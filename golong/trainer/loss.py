@@ -1,15 +1,17 @@
 """The GoLongRL policy loss: clipped surrogate (Eq. 2) with clip-higher and dual clip, IcePop
-rollout/trainer mismatch correction (section 5.1, Table 12), and step-wide aggregation (Eq. 3, 4).
+rollout/trainer mismatch correction (section 5.1, Table 12), and step-wide aggregation (Eq. 3, 4, DAPO).
 
 Split invariance. The step's loss is one sum over every response token of the step divided by one
 step-wide denominator (`LossDenominator`, computed once per step over all micro-batches and all
 data-parallel ranks). Each micro-batch contributes its share `sum_t w_t * l_t`, where the weight
-`w_t` uses only that denominator and quantities of the token's own sequence (a sequence never spans
-micro-batches). The gradients of the contributions therefore add up to the gradient of the step's
+`w_t` uses only that denominator and quantities of the token's own response (a response never spans
+micro-batches) or of its prompt group (whose token count the denominator holds, since a group may span
+micro-batches, prompt-once units and ranks). The gradients of the contributions therefore add up to the gradient of the step's
 loss however the batch is split; the engine undoes DeepSpeed's averaging over ranks (see engine.py).
 
-    denom = LossDenominator.build(samples_of_this_rank, "token-mean")        # all_reduce inside
-    loss, stats = policy_loss(logp, old_logp, rollout_logp, advantages, mask, seq_index, cfg, icepop, denom)
+    denom = LossDenominator.build(samples_of_this_rank, "group-token-mean")  # collectives inside
+    loss, stats = policy_loss(logp, old_logp, rollout_logp, advantages, mask, seq_index, cfg, icepop, denom,
+                              group_ids=mb.group_ids)
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ from golong.trainer.batch import TrainSample
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.world import current_world
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant-norm")
+AGG_MODES = ("group-token-mean", "token-mean", "seq-mean-token-mean", "constant-norm")
 _LOG_RATIO_LIMIT = 20.0  # exp(+-20) bounds ratios of log-probs that disagree wildly (as verl does)
 
 
 def resolve_agg_mode(cfg: PolicyLossConfig, preferred: str | None = None) -> str:
     """The aggregation mode to use: the configured one, or for "auto" the advantage estimator's
-    preference (Dr.GRPO prefers constant-norm), else token-mean (Eq. 4, Table 12)."""
+    preference (Dr.GRPO prefers constant-norm), else token-mean (DAPO's whole-step token mean)."""
     mode = cfg.agg_mode if cfg.agg_mode != "auto" else (preferred or "token-mean")
     if mode not in AGG_MODES:
         raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGG_MODES)}")
@@ -38,29 +40,50 @@ def resolve_agg_mode(cfg: PolicyLossConfig, preferred: str | None = None) -> str
 class LossDenominator:
     """The step-wide normaliser of the loss; build it once per step, before the first micro-batch.
 
-    token-mean (Eq. 4): response tokens of the step.  seq-mean-token-mean: responses of the step
-    (each response's tokens are first averaged over its own length).  constant-norm (Dr.GRPO, Eq. 3):
-    responses x L.  Responses with loss_weight 0 count in none of them. Tokens that IcePop masks or
+    group-token-mean (Eq. 4): prompt groups of the step; `group_tokens` holds each group's response
+    tokens (over all its G responses, wherever they are packed), so a token weighs
+    1 / (groups x its group's tokens).  token-mean (DAPO): response tokens of the step.
+    seq-mean-token-mean: responses of the step (each response's tokens are first averaged over its own
+    length).  constant-norm (Dr.GRPO, Eq. 3): responses x L.  Responses with loss_weight 0 count in none
+    of them (a group all of whose responses have weight 0 is not counted). Tokens that IcePop masks or
     vetoes still count (they contribute 0), as in IcePop's own objective, so the denominator is known
     before any log-prob is computed.
     """
 
     agg_mode: str
     value: float
+    group_tokens: dict[int, float] | None = None  # group-token-mean: response tokens (in the loss) per group_id
 
     @classmethod
     def build(cls, samples: list[TrainSample], agg_mode: str, constant_norm_length: int = 0) -> LossDenominator:
-        """From this rank's samples, summed over all ranks (one all_reduce: every rank must call it)."""
+        """From this rank's samples, summed over all ranks (collectives: every rank must call it).
+        A group split over micro-batches, units or ranks counts once."""
         if agg_mode not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {agg_mode!r}; valid: {', '.join(AGG_MODES)} "
                              "(resolve 'auto' with resolve_agg_mode first)")
         if agg_mode == "constant-norm" and constant_norm_length < 1:
             raise ValueError("constant-norm needs constant_norm_length >= 1 (Dr.GRPO's L, e.g. the max response length)")
         counted = [s for s in samples if s.in_loss]
+        if agg_mode == "group-token-mean":
+            return cls._group_token_mean(counted)
         tokens, sequences = current_world().all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
         value = {"token-mean": tokens, "seq-mean-token-mean": sequences,
                  "constant-norm": sequences * constant_norm_length}[agg_mode]
         return cls(agg_mode, max(value, 1.0))  # a step with nothing to learn from gives loss 0, not 0/0
+
+    @classmethod
+    def _group_token_mean(cls, counted: list[TrainSample]) -> LossDenominator:
+        if any(s.group_id is None for s in counted):
+            raise ValueError("algorithm.loss.agg_mode=group-token-mean needs every TrainSample's group_id "
+                             "(which prompt group it belongs to)")
+        local: dict[int, float] = {}
+        for s in counted:
+            local[s.group_id] = local.get(s.group_id, 0.0) + len(s.response_ids)
+        group_tokens: dict[int, float] = {}
+        for part in current_world().all_gather_objects(local):
+            for group, tokens in part.items():
+                group_tokens[group] = group_tokens.get(group, 0.0) + tokens
+        return cls("group-token-mean", max(float(len(group_tokens)), 1.0), group_tokens)
 
 
 @dataclass
@@ -136,14 +159,26 @@ def _in_vetoed_sequence(k: torch.Tensor, seq_index: torch.Tensor, veto: float) -
     return bad[seq_index]
 
 
-def aggregation_weights(token_mask: torch.Tensor, seq_index: torch.Tensor, denom: LossDenominator) -> torch.Tensor:
+def aggregation_weights(token_mask: torch.Tensor, seq_index: torch.Tensor, denom: LossDenominator,
+                        group_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) w_t such that the step's loss is sum_t w_t * l_t over all micro-batches and ranks.
 
-    token-mean (Eq. 4):        w_t = m_t / sum_i |o_i|
+    group-token-mean (Eq. 4):  w_t = m_t / (P * sum_{j in g} |o_j|)   g: the token's prompt group
+    token-mean (DAPO):         w_t = m_t / sum_i |o_i|
     seq-mean-token-mean:       w_t = m_t / (|o_i| * N)
     constant-norm (Eq. 3):     w_t = m_t / (N * L)
-    m_t is the token's loss mask (its response's loss_weight); |o_i| the length of its response.
+    m_t is the token's loss mask (its response's loss_weight); |o_i| the length of its response; the
+    sums run over the responses in the loss of the whole step; P is the number of prompt groups.
     """
+    if denom.agg_mode == "group-token-mean":
+        if group_ids is None or denom.group_tokens is None:
+            raise ValueError("group-token-mean needs each token's group id and LossDenominator.build's group_tokens")
+        ids = group_ids.tolist()
+        known = [denom.group_tokens.get(g, 0.0) for g in ids]
+        if any(t == 0 and m for t, m in zip(known, token_mask.tolist())):
+            raise ValueError("a token in the loss belongs to a group that LossDenominator.build did not see")
+        group_tokens = torch.tensor(known, dtype=token_mask.dtype, device=token_mask.device).clamp(min=1.0)
+        return token_mask / (group_tokens * denom.value)
     if denom.agg_mode == "seq-mean-token-mean":
         response_length = torch.bincount(seq_index).to(token_mask.dtype)  # whole responses: never split across micro-batches
         return token_mask / (response_length[seq_index] * denom.value)
@@ -156,14 +191,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, rollout_logp: torch.
                 advantages: torch.Tensor, token_mask: torch.Tensor, seq_index: torch.Tensor,
                 cfg: PolicyLossConfig, icepop_cfg: IcePopConfig, denom: LossDenominator, *,
                 entropy: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, PolicyLossStats]:
+                group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyLossStats]:
     """This micro-batch's contribution to the step's loss, and its statistics. All inputs (N,).
 
     rho_t = exp(logp_t - old_logp_t)                                              (Eq. 2)
     l_t   = max(-A rho_t, -A clip(rho_t, 1 - eps_low, 1 + eps_high))              (Eq. 2, clip-higher)
     l_t   = min(l_t, -A c)  where A < 0                                            (dual clip, c = 3)
     loss  = sum_t w_t [ iw_t l_t + beta k3_t - alpha H_t ]
-    with w_t the aggregation weights (Eq. 3/4), iw_t the IcePop weights, k3_t the KL estimate
+    with w_t the aggregation weights (`aggregation_weights`; group_ids (N,) for group-token-mean), iw_t the IcePop weights, k3_t the KL estimate
     exp(r) - r - 1, r = ref_logp - logp (only when kl_coef > 0), H_t the entropy (entropy bonus).
     """
     token_mask = token_mask.to(logp.dtype)
@@ -189,7 +224,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, rollout_logp: torch.
         is_weights = icepop_weights(k, seq_index, icepop_cfg)
     else:
         is_weights = torch.ones_like(logp)
-    weights = aggregation_weights(token_mask, seq_index, denom)
+    weights = aggregation_weights(token_mask, seq_index, denom, group_ids)
     per_token = is_weights * per_token
 
     kl = None

@@ -7,6 +7,7 @@ import torch
 from golong.trainer.batch import TrainSample
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.engine import PolicyEngine
+from golong.trainer.loss import LossDenominator, PolicyLossStats
 
 
 def tiny_engine(model_dir: str, *, lr=1e-3, warmup_steps=0, loss=None, icepop=None, temperature=1.0) -> PolicyEngine:
@@ -36,3 +37,17 @@ def gathered_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters([param]):
             out[name] = param.detach().clone().cpu()
     return out
+
+
+def two_steps(engine: PolicyEngine, micro_batches, my_samples, agg_mode: str) -> list[dict]:
+    """Two optimizer steps over the same micro-batches (old log-probs set by the caller stay fixed, so the
+    second step runs off-policy); per step the all-reduced loss statistics, grad norm and denominator."""
+    history = []
+    for _ in range(2):
+        denom = LossDenominator.build(my_samples, agg_mode)
+        stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
+        step = engine.optimizer_step()
+        history.append({"loss": stats.loss, "grad_norm": step.grad_norm, "masked": stats.icepop_masked,
+                        "clipped": stats.clipped_low + stats.clipped_high, "tokens": stats.tokens,
+                        "denominator": denom.value, "group_tokens": denom.group_tokens})
+    return history

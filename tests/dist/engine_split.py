@@ -10,10 +10,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from engine_common import gathered_weights, random_samples, tiny_engine
+from engine_common import gathered_weights, random_samples, tiny_engine, two_steps
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
-from golong.trainer.loss import LossDenominator, PolicyLossStats
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
 SHAPES = [(5, 7, 1.0), (9, 3, -1.0), (2, 11, 0.5), (6, 4, -0.5), (3, 9, 1.5), (8, 2, -1.5), (4, 6, 0.25, 0.0), (7, 5, 1.0)]
@@ -32,13 +31,7 @@ micro_batches = [pack([samples[i] for i in mb]) for mb in my_batches]
 for mb in micro_batches:
     mb.old_logprobs = engine.old_logprobs(mb)
 
-history = []
-for _ in range(2):
-    denom = LossDenominator.build(my_samples, "seq-mean-token-mean")
-    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
-    step = engine.optimizer_step()
-    history.append({"loss": stats.loss, "grad_norm": step.grad_norm, "masked": stats.icepop_masked,
-                    "clipped": stats.clipped_low + stats.clipped_high, "tokens": stats.tokens})
+history = two_steps(engine, micro_batches, my_samples, "seq-mean-token-mean")
 weights = gathered_weights(engine.module)
 if rank == 0:
     torch.save({"history": history, "weights": weights}, OUT_FILE)

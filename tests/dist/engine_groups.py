@@ -1,0 +1,46 @@
+"""Prompt-once groups and group-token-mean (Eq. 4) under torchrun: one batch as 1 rank x 4 micro-batches
+or 2 ranks x 2, with one group split into two units that land on different ranks. Two steps (the second
+reuses the first step's old log-probs, so ratios move off 1); IcePop masking on. Rank 0 writes the
+gathered weights, grad norms and losses.
+
+    torchrun --nproc_per_node={1,2} tests/dist/engine_groups.py MODEL_DIR OUT_FILE
+"""
+import sys
+
+import torch
+import torch.distributed as dist
+
+from engine_common import gathered_weights, random_samples, tiny_engine, two_steps
+from golong.trainer.batch import pack_units
+from golong.trainer.config import IcePopConfig, PolicyLossConfig
+
+MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
+GROUPS = [(6, [(7, 1.0), (1, -1.0), (3, 0.5), (5, -0.5)]),  # (prompt length, [(response length, advantage)])
+          (9, [(2, 1.5), (4, -1.5)]),
+          (3, [(8, 0.25), (6, -0.25), (1, 1.0)])]
+UNITS = [[0, 1], [2, 3], [4, 5], [6, 7], [8]]  # sample indices: group 0 split in two units
+SPLITS = {  # micro-batches of unit indices, per rank
+    1: [[[0], [1, 2], [3], [4]]],
+    2: [[[0], [3]], [[1, 2], [4]]],
+}
+
+engine = tiny_engine(MODEL_DIR, lr=1e-3, loss=PolicyLossConfig(agg_mode="group-token-mean"),
+                     icepop=IcePopConfig(mode="mask"))
+rank, world = dist.get_rank(), dist.get_world_size()
+samples = []
+for group_id, (prompt_len, responses) in enumerate(GROUPS):
+    members = random_samples([(prompt_len, r, a) for r, a in responses], seed=10 + group_id, rollout_noise=0.5)
+    for s in members:
+        s.prompt_ids, s.group_id = members[0].prompt_ids, group_id
+    samples += members
+my_batches = SPLITS[world][rank]
+my_samples = [samples[i] for mb in my_batches for u in mb for i in UNITS[u]]
+micro_batches = [pack_units([[samples[i] for i in UNITS[u]] for u in mb]) for mb in my_batches]
+for mb in micro_batches:
+    mb.old_logprobs = engine.old_logprobs(mb)
+
+history = two_steps(engine, micro_batches, my_samples, "group-token-mean")
+weights = gathered_weights(engine.module)
+if rank == 0:
+    torch.save({"history": history, "weights": weights}, OUT_FILE)
+engine.close()
