@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from golong.configlib import ConfigError, invalid, load, to_dict
@@ -34,6 +35,11 @@ class Config:
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")
+        if self.trainer.sequence_parallel_size > 1 and os.path.isdir(self.model.path):
+            # refused before any engine starts (a hub id is checked when the PolicyEngine starts)
+            from golong.trainer.sequence_parallel import check_model_heads
+
+            check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
 
     @property
     def max_model_len(self) -> int:

@@ -35,6 +35,7 @@ from golong.data.schema import Example
 from golong.eval import response_text, stop_token_ids
 from golong.rewards import RewardScorer, ScoreItem
 from golong.rollout import RolloutEngine, logprob_abs_diff
+from golong.trainer import sequence_parallel
 from golong.trainer.batch import TrainSample, pack
 from golong.trainer.checkpoint import Checkpointer, RunState
 from golong.trainer.distributed import World, all_gather_objects, init_world
@@ -124,9 +125,10 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     # 5. this rank's share, packed into micro-batches of at most micro_batch_max_tokens
     samples = to_train_samples(run, rollouts, advantages)
-    plan = plan_micro_batches([s.num_tokens for s in samples], cfg.trainer.micro_batch_max_tokens, world.size)
-    my_samples = [samples[i] for indices in plan[world.rank] for i in indices]
-    micro_batches = [pack([samples[i] for i in indices]) for indices in plan[world.rank]]
+    sp = policy.sp  # [SP] planned over SP groups; every rank of a group gets its group's micro-batches
+    plan = plan_micro_batches([s.num_tokens for s in samples], cfg.trainer.micro_batch_max_tokens * sp.size, sp.dp_size)
+    my_samples = [samples[i] for indices in plan[sp.dp_rank] for i in indices]
+    micro_batches = [pack([samples[i] for i in indices]) for indices in plan[sp.dp_rank]]
 
     # 6. old log-probs: the trainer's view of the policy that sampled (and the reference's, for KL)
     with timer.phase("old_logprobs"):
@@ -136,7 +138,8 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
                 mb.ref_logprobs = policy.ref_logprobs(mb)
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
-    denom = LossDenominator.build(my_samples, run.agg_mode, run.constant_norm_length)
+    denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
+                                  run.constant_norm_length)
     loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
     with timer.phase("update"):
         for _ in range(cfg.algorithm.ppo_epochs):

@@ -1,0 +1,186 @@
+"""Sequence parallelism (trainer.sequence_parallel_size): row sharding, SP groups, head checks, and the
+equivalence of an SP group with one rank under the real DeepSpeed ZeRO-3 (gloo, torchrun)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import REPO, run_torchrun
+from golong.config import load_config
+from golong.configlib import ConfigError
+from golong.tiny_model import TinyModelSpec, build_tiny_model
+from golong.trainer.batch import TrainSample, pack
+from golong.trainer.config import TrainerConfig
+from golong.trainer.sequence_parallel import (check_heads, counted_once, gradient_scale, pad_row, shard_micro_batch,
+                                              sp_layout, valid_sizes)
+
+DIST = os.path.join(REPO, "tests", "dist")
+
+
+def samples(*shapes):
+    return [TrainSample(prompt_ids=list(range(10, 10 + p)), response_ids=list(range(50, 50 + r)), advantage=1.0)
+            for p, r in shapes]
+
+
+def shards(mb, sp):
+    return [shard_micro_batch(mb, sp_layout(sp, rank, sp)) for rank in range(sp)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharding a packed row
+
+
+@pytest.mark.parametrize("shapes,sp", [
+    ([(5, 7), (9, 4)], 2),  # 25 tokens: one filler token
+    ([(3, 3), (4, 2)], 2),  # a sequence boundary on the shard edge
+    ([(5, 5)], 2),  # the first response token is predicted by the first shard's last position
+    ([(7, 3)], 2),  # the first shard predicts no response token
+    ([(2, 9), (4, 4), (1, 1)], 4),  # 21 tokens, sp = 4: three filler tokens
+])
+def test_shards_partition_the_row_and_its_response_tokens(shapes, sp):
+    mb = pack(samples(*shapes))
+    parts = shards(mb, sp)
+    T = mb.num_tokens
+    padded = -(-T // sp) * sp
+    assert all(p.row_tokens == padded for p in parts)
+    row = torch.cat([p.inputs["input_ids"] for p in parts], dim=1)
+    assert row.shape == (1, padded) and torch.equal(row[:, :T], mb.input_ids) and not row[:, T:].any()
+    positions = torch.cat([p.inputs["position_ids"] for p in parts], dim=1)
+    assert torch.equal(positions[:, :T], mb.position_ids)
+    last_start = int(mb.cu_seqlens[-2])  # fillers continue the last sequence's positions
+    assert positions[0, T:].tolist() == list(range(T - last_start, T - last_start + padded - T))
+    # every rank sees the whole row's boundaries, the last sequence grown by the filler
+    for p in parts:
+        assert p.inputs["cu_seqlens"].tolist() == mb.cu_seqlens.tolist()[:-1] + [padded]
+        assert p.inputs["max_seqlen"] == max(mb.max_seqlen, padded - last_start)
+    # each response token is predicted on exactly one shard, at its row position minus the shard start
+    owned = torch.stack([p.owned for p in parts])
+    assert owned.sum(0).tolist() == [1] * mb.labels.numel()
+    width = padded // sp
+    for rank, p in enumerate(parts):
+        assert torch.equal(p.inputs["logit_positions"] + rank * width, mb.logit_positions[p.owned])
+        assert torch.equal(p.inputs["labels"], mb.labels[p.owned])
+        assert ((p.inputs["logit_positions"] >= 0) & (p.inputs["logit_positions"] < width)).all()
+
+
+def test_a_label_from_the_next_shard_and_an_empty_shard():
+    mb = pack(samples((5, 5)))  # tokens 0-4 prompt, 5-9 response; shards [0, 5) and [5, 10)
+    first, second = shards(mb, 2)
+    assert first.inputs["logit_positions"].tolist() == [4]  # predicts row token 5, held by the next shard
+    assert first.inputs["labels"].tolist() == [50]
+    assert second.inputs["logit_positions"].tolist() == [0, 1, 2, 3]
+    mb = pack(samples((7, 3)))
+    first, second = shards(mb, 2)
+    assert first.inputs["logit_positions"].numel() == 0 and first.inputs["labels"].numel() == 0
+    assert second.inputs["logit_positions"].tolist() == [1, 2, 3]
+
+
+def test_pad_row_is_a_no_op_on_a_multiple():
+    mb = pack(samples((3, 3)))
+    out = pad_row(mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, 3)
+    assert out[0] is mb.input_ids and out[2] is mb.cu_seqlens and out[3] == mb.max_seqlen
+
+
+# ------------------------------------------------------------------------------------------------
+# Groups, denominators, gradient scale
+
+
+def test_layout_groups_consecutive_ranks():
+    assert [(lay.rank, lay.dp_rank) for lay in (sp_layout(4, r, 2) for r in range(4))] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert sp_layout(4, 3, 2).dp_size == 2 and sp_layout(4, 3, 1).dp_size == 4
+    with pytest.raises(ConfigError, match="trainer.sequence_parallel_size: 3 does not divide the world of 4"):
+        sp_layout(4, 0, 3)
+
+
+def test_denominator_samples_are_counted_once_per_group():
+    group_samples = samples((1, 2), (3, 4))
+    assert counted_once(group_samples, sp_layout(2, 0, 2)) == group_samples
+    assert counted_once(group_samples, sp_layout(2, 1, 2)) == []
+    assert counted_once(group_samples, sp_layout(2, 1, 1)) == group_samples
+
+
+def test_gradient_scale_undoes_deepspeeds_division():
+    zero3 = {"zero_optimization": {"stage": 3}}
+    assert gradient_scale(zero3, 4, 1) == 4
+    assert gradient_scale(zero3, 4, 2) == 4  # ZeRO-3 reduce-scatter divides by all sp x dp ranks
+    assert gradient_scale({"zero_optimization": {"stage": 2}}, 4, 2) == 2  # ZeRO-1/2 divide by world / sp
+    with pytest.raises(ValueError, match="reduce_scatter"):
+        gradient_scale({"zero_optimization": {"stage": 3, "reduce_scatter": False}}, 4, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Heads and config validation
+
+
+def test_valid_sizes_follow_ulysses_head_rules():
+    assert valid_sizes(32, 8) == [1, 2, 4, 8, 16, 32]  # Qwen3-4B: KV heads repeated beyond 8
+    assert valid_sizes(32, 4) == [1, 2, 4, 8, 16, 32]  # Qwen3-30B-A3B
+    assert valid_sizes(12, 8) == [1, 2, 4]  # 8 KV heads: 3 and 6 neither divide nor are divided
+    assert valid_sizes(32, 8, world_size=8) == [1, 2, 4, 8]
+    check_heads(2, 1, 2)  # fewer KV heads than sp: repeated
+    with pytest.raises(ConfigError, match=r"trainer.sequence_parallel_size: 3 cannot split .*12 query heads, 8 KV "
+                                          r"heads.*use one of \[1, 2, 4\]"):
+        check_heads(12, 8, 3)
+
+
+def test_config_refuses_a_model_whose_heads_cannot_be_split(tiny_model_path, tmp_path):
+    three_heads = build_tiny_model(str(tmp_path / "three"), spec=TinyModelSpec(num_heads=3, num_kv_heads=1))
+    recipe = os.path.join(REPO, "recipes", "tiny-cpu.yaml")
+    with pytest.raises(ConfigError, match=r"trainer.sequence_parallel_size: 2 cannot split .*3 query heads.*\[1, 3\]"):
+        load_config(recipe, [f"model.path={three_heads}", "trainer.sequence_parallel_size=2"])
+    cfg = load_config(recipe, [f"model.path={tiny_model_path}", "trainer.sequence_parallel_size=2"])
+    assert cfg.trainer.sequence_parallel_size == 2
+    with pytest.raises(ConfigError, match="sequence_parallel_size: must be at least 1"):
+        load_config(recipe, [f"model.path={tiny_model_path}", "trainer.sequence_parallel_size=0"])
+
+
+def test_trainer_config_refuses_zero3_without_reduce_scatter():
+    cfg = TrainerConfig(sequence_parallel_size=2, deepspeed={"zero_optimization": {"reduce_scatter": False}})
+    with pytest.raises(ConfigError, match="reduce_scatter"):
+        cfg.validate()
+
+
+# ------------------------------------------------------------------------------------------------
+# The real thing: an SP group of 2 ranks against one rank, ZeRO-3, gloo
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_sp2_on_two_ranks_equals_one_rank(tiny_model_path, tmp_path):
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    script = os.path.join(DIST, "sequence_parallel_equiv.py")
+    run_torchrun(script, [tiny_model_path, str(one), "1"], nproc=1, timeout=900)
+    run_torchrun(script, [tiny_model_path, str(two), "2"], nproc=2, timeout=900)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert a["layout"] == [1, 1] and b["layout"] == [2, 1]
+    assert a["logps"].keys() == b["logps"].keys() == set(range(6))
+    for i in a["logps"]:
+        assert relative(b["logps"][i], a["logps"][i]) <= 1e-5
+        assert relative(b["entropies"][i], a["entropies"][i]) <= 1e-5
+    for step_a, step_b in zip(a["history"], b["history"]):
+        assert step_b["denominator"] == step_a["denominator"] == 6  # responses, counted once per SP group
+        assert step_b["tokens"] == step_a["tokens"] and step_b["sequences"] == step_a["sequences"]
+        assert step_b["masked"] == step_a["masked"]
+        for key in ("loss", "entropy", "grad_norm"):
+            assert step_b[key] == pytest.approx(step_a[key], rel=1e-5), key
+    assert a["grads"].keys() == b["grads"].keys()
+    assert max(g.abs().max().item() for g in a["grads"].values()) > 1e-3  # a real gradient
+    lr, flipped = 1e-3, 0
+    for name, grad in a["grads"].items():
+        assert relative(b["grads"][name], grad) <= 1e-5, name
+        # AdamW's first update is ~lr * sign(g): on components whose gradient is rounding noise
+        # (|g| < 1e-5 of the tensor's largest) it turns the noise into +-lr. Everywhere else the
+        # weights agree to 1e-5 of the tensor's scale; the noise components differ by at most 2 lr.
+        scale = a["weights"][name].abs().max()
+        gap = (b["weights"][name] - a["weights"][name]).abs()
+        noise = grad.abs() < 1e-5 * grad.abs().max()
+        assert (gap[~noise] <= 1e-5 * scale).all(), name
+        assert (gap[noise] <= 2.001 * lr).all(), name
+        flipped += int((gap[noise] > 1e-5 * scale).sum())
+    assert flipped <= 1e-4 * sum(g.numel() for g in a["grads"].values())
