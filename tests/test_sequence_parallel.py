@@ -13,7 +13,7 @@ from golong.configlib import ConfigError
 from golong.tiny_model import TinyModelSpec, build_tiny_model
 from golong.trainer.batch import TrainSample, pack
 from golong.trainer.config import TrainerConfig
-from golong.trainer.sequence_parallel import (check_heads, counted_once, gradient_scale, pad_row, shard_micro_batch,
+from golong.trainer.sequence_parallel import (check_heads, counted_once, gradient_scale, pad_inputs, shard_inputs,
                                               sp_layout, valid_sizes)
 
 DIST = os.path.join(REPO, "tests", "dist")
@@ -24,8 +24,14 @@ def samples(*shapes):
             for p, r in shapes]
 
 
+def row_inputs(mb):
+    return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
+                max_seqlen=mb.max_seqlen, logit_positions=mb.logit_positions, labels=mb.labels)
+
+
 def shards(mb, sp):
-    return [shard_micro_batch(mb, sp_layout(sp, rank, sp)) for rank in range(sp)]
+    padded = pad_inputs(row_inputs(mb), sp)
+    return [shard_inputs(padded, sp_layout(sp, rank, sp)) for rank in range(sp)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -77,10 +83,21 @@ def test_a_label_from_the_next_shard_and_an_empty_shard():
     assert second.inputs["logit_positions"].tolist() == [1, 2, 3]
 
 
-def test_pad_row_is_a_no_op_on_a_multiple():
-    mb = pack(samples((3, 3)))
-    out = pad_row(mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, 3)
-    assert out[0] is mb.input_ids and out[2] is mb.cu_seqlens and out[3] == mb.max_seqlen
+def test_padding_is_a_no_op_on_a_multiple_and_unpadded_rows_are_refused():
+    inputs = row_inputs(pack(samples((3, 3))))
+    assert pad_inputs(inputs, 3) is inputs
+    with pytest.raises(ValueError, match="pad it first"):
+        shard_inputs(inputs, sp_layout(4, 0, 4))
+
+
+def shards_of(inputs, sp):
+    return [shard_inputs(inputs, sp_layout(sp, rank, sp)) for rank in range(sp)]
+
+
+def test_unknown_row_kwargs_pass_through_every_shard_unchanged():
+    inputs = {**row_inputs(pack(samples((3, 5)))), "group_layout": torch.tensor([0, 3, 8])}
+    for part in shards_of(inputs, 2):
+        assert part.inputs["group_layout"] is inputs["group_layout"]
 
 
 # ------------------------------------------------------------------------------------------------

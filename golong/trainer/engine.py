@@ -209,7 +209,7 @@ class PolicyEngine:
         parallelism this rank runs its shard of the row, and the SP group's results are gathered."""
         if self.sp.size == 1:
             return engine(**self._inputs(mb), **kwargs)
-        shard = sequence_parallel.shard_micro_batch(mb, self.sp)
+        shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.sp.size), self.sp)
         out = engine(**shard.inputs, **kwargs)
         return tuple(map(shard.gather, out)) if isinstance(out, tuple) else shard.gather(out)
 

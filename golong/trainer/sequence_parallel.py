@@ -14,7 +14,7 @@ turns it back). Golong uses from ALST:
 
 Golong writes itself (and why ALST's pieces do not fit):
 
-- `shard_micro_batch` instead of `UlyssesSPDataLoaderAdapter`: the adapter takes one dataloader
+- `pad_inputs` + `shard_inputs` instead of `UlyssesSPDataLoaderAdapter`: the adapter takes one dataloader
   batch per rank and round-robins them, splits shifted labels as tensors over the row, and demands
   a row length divisible by sp. Golong's micro-batches are planned per SP group (all ranks of a group
   already hold the same `PackedMicroBatch`), only response tokens have labels (`logit_positions`),
@@ -38,7 +38,7 @@ undoes the division in use; the equivalence test (tests/test_sequence_parallel.p
 
     layout = sp_layout(world_size, rank, cfg.sequence_parallel_size)
     plan = plan_micro_batches(lengths, max_tokens, layout.dp_size)[layout.dp_rank]   # same on the group
-    shard = shard_micro_batch(mb, layout)       # this rank's 1/sp of the row
+    shard = shard_inputs(pad_inputs(inputs, sp), layout)   # this rank's 1/sp of the row's forward kwargs
     logp = shard.gather(engine(**shard.inputs)) # (R,) of the whole micro-batch
 """
 from __future__ import annotations
@@ -183,45 +183,50 @@ class ShardedMicroBatch:
         return gather_response_values(values, self.owned, self.group)
 
 
-def pad_row(input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-            multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Pad a packed row (1, T) to a multiple of `multiple` tokens by growing its LAST sequence with
-    filler tokens (id 0, positions continuing). Attention is causal, so no real token attends to a
-    filler, and fillers have no logit positions: the real tokens' results are unchanged. (A separate
-    filler sequence would do as well; growing the last one keeps the boundaries' count, and any
-    layout whose row ends in a causal segment can pad the same way.)"""
-    pad = -input_ids.shape[1] % multiple
+ROW_KEYS = ("input_ids", "position_ids")  # (1, T) tensors split along the row
+RESPONSE_KEYS = ("logit_positions", "labels")  # (R,) per response token, selected by predicting position
+
+
+def pad_inputs(inputs: dict, multiple: int) -> dict:
+    """The forward kwargs of a packed row (1, T) padded to a multiple of `multiple` tokens: the row's
+    LAST sequence grows by filler tokens (id 0, positions continuing). Attention is causal, so no
+    real token attends to a filler, and fillers have no logit positions: the real tokens' results are
+    unchanged. This is the one function that knows the packing layout's boundary kwargs
+    (`cu_seqlens`, `max_seqlen`); a layout whose row ends in a causal segment pads the same way."""
+    pad = -inputs["input_ids"].shape[1] % multiple
     if not pad:
-        return input_ids, position_ids, cu_seqlens, max_seqlen
-    last_len = int(cu_seqlens[-1] - cu_seqlens[-2])
-    last_pos = int(position_ids[0, -1])
-    input_ids = torch.cat([input_ids, input_ids.new_zeros(1, pad)], dim=1)
-    position_ids = torch.cat([position_ids, last_pos + 1 + torch.arange(pad, device=position_ids.device)[None]], dim=1)
-    cu_seqlens = cu_seqlens.clone()
+        return inputs
+    cu_seqlens, position_ids = inputs["cu_seqlens"].clone(), inputs["position_ids"]
+    last_len = int(cu_seqlens[-1] - cu_seqlens[-2]) + pad
     cu_seqlens[-1] += pad
-    return input_ids, position_ids, cu_seqlens, max(max_seqlen, last_len + pad)
+    fill_positions = position_ids[:, -1:] + 1 + torch.arange(pad, device=position_ids.device)[None]
+    return {**inputs, "input_ids": torch.cat([inputs["input_ids"], inputs["input_ids"].new_zeros(1, pad)], dim=1),
+            "position_ids": torch.cat([position_ids, fill_positions], dim=1),
+            "cu_seqlens": cu_seqlens, "max_seqlen": max(inputs["max_seqlen"], last_len)}
 
 
-def shard_micro_batch(mb, layout: SPLayout) -> ShardedMicroBatch:
-    """Shard `layout.rank` of the packed micro-batch `mb` (a PackedMicroBatch, the same on every rank
-    of the SP group): its T/sp consecutive tokens of the padded row, with
+def shard_inputs(inputs: dict, layout: SPLayout) -> ShardedMicroBatch:
+    """Shard `layout.rank` of a packed row's forward kwargs (the same on every rank of the SP group,
+    the row a multiple of sp tokens long, see `pad_inputs`):
 
-    - the whole row's attention boundaries (cu_seqlens, max_seqlen) unchanged: the attention sees the
-      whole row after Ulysses' all-to-all;
-    - the response tokens whose predicting position lies in the shard, logit positions shifted into
-      the shard, labels from the full row (a response token whose predicting position is the shard's
-      last one gets its label from the next shard; `mb.labels` already holds it).
+    - ROW_KEYS: this shard's T/sp consecutive tokens;
+    - RESPONSE_KEYS: the response tokens whose predicting position lies in the shard, logit positions
+      shifted into it; labels come from the full row, so a response token whose predicting position
+      is the shard's last one has its label although the token itself sits in the next shard;
+    - every other key (the row's attention boundaries, whatever the layout passes) unchanged: the
+      attention sees the whole row after Ulysses' all-to-all, in row coordinates.
     """
-    input_ids, position_ids, cu_seqlens, max_seqlen = pad_row(
-        mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, layout.size)
-    row = input_ids.shape[1]
+    row = inputs["input_ids"].shape[1]
+    if row % layout.size:
+        raise ValueError(f"a row of {row} tokens does not split into {layout.size} shards: pad it first (pad_inputs)")
     width = row // layout.size
     start = layout.rank * width
-    owned = (mb.logit_positions >= start) & (mb.logit_positions < start + width)  # (R,)
-    inputs = dict(input_ids=input_ids[:, start:start + width], position_ids=position_ids[:, start:start + width],
-                  cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                  logit_positions=mb.logit_positions[owned] - start, labels=mb.labels[owned])
-    return ShardedMicroBatch(inputs=inputs, owned=owned, row_tokens=row, group=layout.group)
+    positions = inputs["logit_positions"]
+    owned = (positions >= start) & (positions < start + width)  # (R,)
+    shard = {**inputs, **{k: inputs[k][:, start:start + width] for k in ROW_KEYS},
+             **{k: inputs[k][owned] for k in RESPONSE_KEYS}}
+    shard["logit_positions"] = shard["logit_positions"] - start
+    return ShardedMicroBatch(inputs=shard, owned=owned, row_tokens=row, group=layout.group)
 
 
 def gather_response_values(values: torch.Tensor, owned: torch.Tensor, group) -> torch.Tensor:
