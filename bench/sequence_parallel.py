@@ -8,6 +8,11 @@ the row each). Each rank runs one warm-up step (AdamW allocates its state), rese
 that step: the step's activations, gathered parameters and buffers.
 
     PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --tokens 8192,16384
+    PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --project-only     # the 176K projection
+
+The projection for Qwen3-4B / Qwen3-30B-A3B (`project`) is arithmetic, not a measurement: bf16,
+gradient checkpointing (one hidden state per layer and token kept), flash-attn varlen (no T x T
+matrix), ZeRO-3 over the GPUs, the chunked LM head.
 """
 from __future__ import annotations
 
@@ -81,12 +86,62 @@ def run(model_dir: str, tokens: int, sp: int, tmp: str) -> list[dict]:
     return [json.load(open(f"{out}.{r}")) for r in range(sp)]
 
 
+GIB = 2**30
+# From the models' HF configs: hidden, layers, query heads, KV heads, head_dim, parameters (B), and the
+# values per token one layer keeps between its forward and backward when it is recomputed:
+#   attention: norm in/out, residual, q, k, v, rotated q/k, attention out, o_proj out
+#              = 5 H + 3 q + 3 kv with q = heads x head_dim, kv = KV heads x head_dim
+#   dense MLP: gate, up, act(gate), act(gate) * up = 4 I
+#   MoE (top-k of E experts, HF's per-expert loop): router logits 2E (fp32) + k x 4 I (expert MLPs)
+#              + 2 k H (tokens gathered to and returned from their experts)
+MODELS = {
+    "Qwen3-4B": dict(hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, params=4.02, vocab=151936,
+                     per_token=5 * 2560 + 3 * 4096 + 3 * 1024 + 4 * 9728, offload=False),
+    "Qwen3-30B-A3B": dict(hidden=2048, layers=48, heads=32, kv_heads=4, head_dim=128, params=30.5, vocab=151936,
+                          per_token=5 * 2048 + 3 * 4096 + 3 * 512 + 2 * 128 + 8 * 4 * 768 + 2 * 8 * 2048, offload=True),
+}
+
+
+def project(name: str, tokens: int, sp: int, gpus: int, chunk: int = 1024) -> dict:
+    """GiB per GPU of one training step on a row of `tokens` tokens (see MODELS for the terms)."""
+    m = MODELS[name]
+    local = tokens / sp
+    checkpoints = local * m["hidden"] * 2 * m["layers"] / GIB  # one bf16 hidden state per layer and token
+    layer = 2 * local * m["per_token"] * 2 / GIB  # one layer recomputed: activations and their gradients
+    q, kv = m["heads"] * m["head_dim"], max(m["kv_heads"], sp) * m["head_dim"]  # KV repeated up to sp heads
+    ulysses = tokens * (2 * q + 2 * kv) / sp * 2 / GIB  # whole-row q, k, v, out of this rank's heads
+    head = 2.5 * chunk * m["vocab"] * 4 / GIB  # chunked log-probs: ~2.5 fp32 [chunk, V] blocks
+    # ZeRO-3 states per parameter: bf16 weight 2 B + fp32 gradient 4 B + fp32 master and AdamW 12 B,
+    # of which only the bf16 weight and a bf16 gradient stay on the GPU with offload_optimizer
+    states = m["params"] * 1e9 * (4 if m["offload"] else 18) / gpus / GIB
+    gathered = 2 * m["params"] * 1e9 / m["layers"] * 2 / GIB + m["vocab"] * m["hidden"] * 2 / GIB  # 2 layers + embedding
+    parts = dict(checkpoints=checkpoints, layer=layer, ulysses=ulysses if sp > 1 else 0.0, lm_head=head,
+                 zero3_states=states, gathered=gathered)
+    return {**parts, "total": sum(parts.values())}
+
+
+def print_projection(tokens: int = 163840 + 16384) -> None:
+    print(f"\nprojection (arithmetic, GiB per GPU) for one {tokens}-token row (160K prompt + 16K response):")
+    print("| model | GPUs | sp | tokens per rank | checkpoints | one layer | Ulysses buffers | LM head | ZeRO-3 states "
+          "| gathered params | total |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, gpus in (("Qwen3-4B", 8), ("Qwen3-30B-A3B", 8), ("Qwen3-30B-A3B", 16)):
+        for sp in (1, 2, 4, 8):
+            p = project(name, tokens, sp, gpus)
+            print(f"| {name} | {gpus} | {sp} | {tokens // sp} | {p['checkpoints']:.1f} | {p['layer']:.1f} "
+                  f"| {p['ulysses']:.1f} | {p['lm_head']:.1f} | {p['zero3_states']:.1f} | {p['gathered']:.1f} "
+                  f"| {p['total']:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="8192", help="comma-separated row lengths")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--project-only", action="store_true", help="print the 176K projection and stop")
     args = parser.parse_args()
+    if args.project_only:
+        return print_projection()
     from golong.tiny_model import TinyModelSpec, build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +162,7 @@ def main() -> None:
                 per_rank = " / ".join(f"{r['step_extra_gib']:.2f}" for r in ranks)
                 print(f"| {tokens} | {sp} | {tokens // sp} | {per_rank} "
                       f"| {peak / base:.2f} | {max(r['seconds'] for r in ranks):.1f} |", flush=True)
+    print_projection()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 equivalence of an SP group with one rank under the real DeepSpeed ZeRO-3 (gloo, torchrun)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import REPO, run_torchrun
+from conftest import REPO, free_port, run_torchrun
 from golong.config import load_config
 from golong.configlib import ConfigError
 from golong.tiny_model import TinyModelSpec, build_tiny_model
@@ -201,3 +204,42 @@ def test_sp2_on_two_ranks_equals_one_rank(tiny_model_path, tmp_path):
         assert (gap[noise] <= 2.001 * lr).all(), name
         flipped += int((gap[noise] > 1e-5 * scale).sum())
     assert flipped <= 1e-4 * sum(g.numel() for g in a["grads"].values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Phase 2: `golong train` with sequence parallelism (2 CPU ranks, one SP group, vLLM on every rank)
+
+
+def golong_train(assets, out_dir, *extra, nproc=2, timeout=1500):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "golong", "train", "recipes/tiny-cpu.yaml", "data.prompts_per_step=4", "rollout.n=4",
+           "rollout.max_response_length=6", "trainer.micro_batch_max_tokens=2048", "reward.num_workers=1",
+           "logging.plot=false", "logging.progress_bar=false", "trainer.save_every=1", "trainer.export_hf=false",
+           f"model.path={assets}/model", f"data.train_files=[{assets}/train.jsonl]", f"trainer.output_dir={out_dir}",
+           *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "PYTHONPATH": REPO}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return proc, [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_golong_train_with_sp2_trains_and_resumes(tmp_path):
+    assets = tmp_path / "assets"
+    subprocess.run([sys.executable, "-m", "golong", "prepare-demo", str(assets), "--rows", "48"], check=True,
+                   capture_output=True, cwd=REPO, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+    _, sp1 = golong_train(assets, tmp_path / "sp1", "trainer.total_steps=1")
+    _, first = golong_train(assets, tmp_path / "sp2", "trainer.total_steps=2", "trainer.sequence_parallel_size=2")
+    resumed, records = golong_train(assets, tmp_path / "sp2", "trainer.total_steps=3",
+                                    "trainer.sequence_parallel_size=2")
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert [r["step"] for r in records] == [1, 2, 3] and records[:2] == first
+    # the same seeds sample the same step-1 responses; the SP group's old log-probs match one rank's
+    assert first[0]["batch/fingerprint"] == sp1[0]["batch/fingerprint"]
+    assert first[0]["rollout/logprob_abs_diff"] == pytest.approx(sp1[0]["rollout/logprob_abs_diff"], rel=1e-4, abs=1e-7)
+    for key in ("actor/loss", "actor/grad_norm", "actor/response_tokens", "actor/responses"):
+        assert first[0][key] == pytest.approx(sp1[0][key], rel=1e-4, abs=1e-7), key
+    assert all(r["rollout/logprob_abs_diff"] < 0.05 for r in records)
