@@ -5,7 +5,8 @@ row of --tokens tokens (one prompt + a 512-token response) with ZeRO-3, gradient
 `golong train` does: sp = 1 on one rank, then sp = 2 on two ranks (an SP group of two holding half
 the row each). Each rank runs one warm-up step (AdamW allocates its state), resets its peak RSS
 (/proc/self/clear_refs), and reports the peak resident memory of a second step above its RSS before
-that step: the step's activations, gathered parameters and buffers.
+that step (freed heap handed back with malloc_trim first, so that RSS is what is live): the step's
+activations, gathered parameters and buffers. The absolute peak RSS per rank is printed beside it.
 
     PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --tokens 8192,16384
     PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --project-only     # the 176K projection
@@ -17,6 +18,8 @@ matrix), ZeRO-3 over the GPUs, the chunked LM head.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import socket
@@ -55,6 +58,8 @@ def worker(model_dir: str, tokens: int, sp: int, out: str) -> None:
     denom = LossDenominator.build(counted_once([sample], engine.sp), "token-mean")
     engine.forward_backward(mb, denom)  # warm-up: AdamW's state is allocated by the first step
     engine.optimizer_step()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS is what is live
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = rss_gib("VmRSS")
@@ -62,8 +67,9 @@ def worker(model_dir: str, tokens: int, sp: int, out: str) -> None:
     engine.forward_backward(mb, denom)
     engine.optimizer_step()
     seconds = time.perf_counter() - start
+    peak = rss_gib("VmHWM")
     result = {"rank": engine.sp.rank + engine.sp.size * engine.sp.dp_rank, "sp": sp, "tokens": tokens,
-              "step_extra_gib": rss_gib("VmHWM") - before, "rss_before_gib": before, "seconds": seconds}
+              "step_extra_gib": peak - before, "peak_gib": peak, "seconds": seconds}
     with open(f"{out}.{result['rank']}", "w") as f:
         json.dump(result, f)
     engine.close()
@@ -151,8 +157,9 @@ def main() -> None:
         model_dir = build_tiny_model(os.path.join(tmp, "model"), spec=spec)
         print(f"model: hidden {args.hidden}, {args.layers} layers, {spec.num_heads} heads / 2 KV heads, "
               f"intermediate {spec.intermediate_size}; ZeRO-3, gradient checkpointing, fp32, CPU")
-        print("| row tokens | sp | tokens per rank | step peak above RSS, per rank (GiB) | ratio sp2/sp1 | step seconds |")
-        print("|---|---|---|---|---|---|")
+        print("| row tokens | sp | tokens per rank | step peak above live RSS, per rank (GiB) | ratio sp2/sp1 "
+              "| peak RSS, per rank (GiB) | step seconds |")
+        print("|---|---|---|---|---|---|---|")
         for tokens in (int(t) for t in args.tokens.split(",")):
             base = None
             for sp in (1, 2):
@@ -160,8 +167,9 @@ def main() -> None:
                 peak = max(r["step_extra_gib"] for r in ranks)
                 base = base or peak
                 per_rank = " / ".join(f"{r['step_extra_gib']:.2f}" for r in ranks)
+                peaks = " / ".join(f"{r['peak_gib']:.2f}" for r in ranks)
                 print(f"| {tokens} | {sp} | {tokens // sp} | {per_rank} "
-                      f"| {peak / base:.2f} | {max(r['seconds'] for r in ranks):.1f} |", flush=True)
+                      f"| {peak / base:.2f} | {peaks} | {max(r['seconds'] for r in ranks):.1f} |", flush=True)
     print_projection()
 
 
