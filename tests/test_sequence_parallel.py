@@ -170,15 +170,22 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
+@pytest.fixture(scope="module")
+def one_rank(tiny_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sp1") / "one.pt"
+    run_torchrun(os.path.join(DIST, "sequence_parallel_equiv.py"), [tiny_model_path, str(out), "1"], nproc=1, timeout=900)
+    return torch.load(out, weights_only=True)
+
+
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_sp2_on_two_ranks_equals_one_rank(tiny_model_path, tmp_path):
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    script = os.path.join(DIST, "sequence_parallel_equiv.py")
-    run_torchrun(script, [tiny_model_path, str(one), "1"], nproc=1, timeout=900)
-    run_torchrun(script, [tiny_model_path, str(two), "2"], nproc=2, timeout=900)
-    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
-    assert a["layout"] == [1, 1] and b["layout"] == [2, 1]
+@pytest.mark.parametrize("nproc", [2, 4])  # sp = 2 x dp = 1, sp = 2 x dp = 2
+def test_sp2_groups_equal_one_rank(one_rank, tiny_model_path, tmp_path, nproc):
+    out = tmp_path / "sp.pt"
+    run_torchrun(os.path.join(DIST, "sequence_parallel_equiv.py"), [tiny_model_path, str(out), "2"], nproc=nproc,
+                 timeout=1200)
+    a, b = one_rank, torch.load(out, weights_only=True)
+    assert a["layout"] == [1, 1] and b["layout"] == [2, nproc // 2]
     assert a["logps"].keys() == b["logps"].keys() == set(range(6))
     for i in a["logps"]:
         assert relative(b["logps"][i], a["logps"][i]) <= 1e-5
