@@ -115,7 +115,9 @@ def project(name: str, tokens: int, sp: int, gpus: int, chunk: int = 1024) -> di
     checkpoints = local * m["hidden"] * 2 * m["layers"] / GIB  # one bf16 hidden state per layer and token
     layer = 2 * local * m["per_token"] * 2 / GIB  # one layer recomputed: activations and their gradients
     q, kv = m["heads"] * m["head_dim"], max(m["kv_heads"], sp) * m["head_dim"]  # KV repeated up to sp heads
-    ulysses = tokens * (2 * q + 2 * kv) / sp * 2 / GIB  # whole-row q, k, v, out of this rank's heads
+    # whole-row q, k, v, out of this rank's heads, ~3 copies each around the all-to-alls (rearranged
+    # input, exchanged output, rearranged back) while one layer runs: what the CPU bench saw SP add
+    ulysses = 3 * tokens * (2 * q + 2 * kv) / sp * 2 / GIB
     head = 2.5 * chunk * m["vocab"] * 4 / GIB  # chunked log-probs: ~2.5 fp32 [chunk, V] blocks
     # ZeRO-3 states per parameter: bf16 weight 2 B + fp32 gradient 4 B + fp32 master and AdamW 12 B,
     # of which only the bf16 weight and a bf16 gradient stay on the GPU with offload_optimizer
