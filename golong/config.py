@@ -45,6 +45,11 @@ class Config:
                           "response with the other responses to its prompt: with one response per prompt every "
                           "advantage is 0 and nothing trains", "set rollout.n to the group size, 2 or more "
                           "(Table 12: 16)")
+        if self.trainer.sequence_parallel_size > 1 and os.path.isdir(self.model.path):
+            # refused before any engine starts (a hub id is checked when the PolicyEngine starts)
+            from golong.trainer.sequence_parallel import check_model_heads
+
+            check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
         self.validate_parallel_sizes(world_size())
 
     def validate_parallel_sizes(self, world: int | None) -> None:
@@ -57,9 +62,11 @@ class Config:
                           "(vLLM carves tensor-parallel groups of consecutive ranks out of the world)",
                           f"use a divisor of {world}, e.g. {max(d for d in range(1, world + 1) if world % d == 0 and d <= tp)}, "
                           "or change --nproc_per_node/--nnodes")
-        # Hook for trainer.sequence_parallel_size (Ulysses SP, added on another branch): the same check
-        # belongs here, `world % sp == 0` naming trainer.sequence_parallel_size, and SP must also divide
-        # the attention heads, which needs the model's config and is checked when the engine starts.
+        sp = self.trainer.sequence_parallel_size
+        if world % sp:
+            raise invalid("trainer.sequence_parallel_size", f"{sp} does not divide the {world} ranks of this run "
+                          "(an SP group is that many consecutive ranks)",
+                          f"use a divisor of {world}, or change --nproc_per_node/--nnodes")
 
     @property
     def max_model_len(self) -> int:

@@ -108,8 +108,9 @@ class TrainerConfig:
     offload_optimizer: bool = option(False, "ZeRO: keep optimizer state in CPU memory.")
     offload_params: bool = option(False, "ZeRO-3: keep parameters in CPU memory.")
     deepspeed: dict[str, Any] = option({}, "Raw DeepSpeed config merged over golong's (for experts).")
-    micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens).")
+    micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens) per rank; with sequence parallelism a row holds up to this x sequence_parallel_size tokens, each rank of the SP group computing 1/sp of them.")
     share_prompt: bool = option(True, "Prompt-once groups: a micro-batch packs [prompt, r_1..r_k], the prompt computed once per group (or per unit of a split group); false packs one prompt+response sequence per response.")
+    sequence_parallel_size: int = option(1, "Ranks that train one packed row together (Ulysses through DeepSpeed ALST: each holds 1/sp of the row's tokens, attention splits the heads). Must divide the world size and split the model's heads (query heads divisible by it; KV heads divisible by it or dividing it). 1 turns it off.")
     logprob_chunk_size: int = option(1024, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole (1024 x 151,936 fp32 = 0.58 GiB).")
 
     def validate(self) -> None:
@@ -131,6 +132,12 @@ class TrainerConfig:
                           "so norm weights and biases would be decayed although weight_decay_norms_and_biases is false",
                           "remove trainer.deepspeed.optimizer (golong builds AdamW, or DeepSpeed's CPU Adam with "
                           "offload_optimizer, with the right groups), or set weight_decay_norms_and_biases: true")
+        if self.sequence_parallel_size < 1:
+            raise invalid("sequence_parallel_size", f"must be at least 1, got {self.sequence_parallel_size}", "use 1 (off) or a divisor of the world size")
+        if self.sequence_parallel_size > 1 and self.zero_stage == 3 and not self.deepspeed.get("zero_optimization", {}).get("reduce_scatter", True):
+            raise invalid("sequence_parallel_size", "needs ZeRO-3's reduce_scatter (DeepSpeed 0.19.8 scales gradients "
+                          "inconsistently without it under sequence parallelism)",
+                          "remove trainer.deepspeed.zero_optimization.reduce_scatter (it defaults to true)")
         if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
             raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 1024")
 

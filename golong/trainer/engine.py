@@ -28,6 +28,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
+from golong.trainer import sequence_parallel
 from golong.trainer.attention import (FLEX_PROMPT_ONCE, PROMPT_ONCE_IMPLEMENTATIONS, one_response_per_unit,
                                       packed_attention_kwargs, prompt_once_block_mask, resolve_attention)
 from golong.trainer.batch import PackedMicroBatch
@@ -43,7 +44,7 @@ class StepStats:
 
     grad_norm: float  # global gradient norm before clipping
     lr: float  # learning rate this update used
-    tokens: int  # tokens forward_backward computed since the last step, fillers included
+    tokens: int  # tokens forward_backward computed since the last step, fillers included (SP: the group's rows)
     packing_efficiency: float  # real tokens / computed tokens
     tokens_per_s: float  # computed tokens / seconds spent in forward_backward and optimizer_step
     peak_memory_gib: float  # CUDA: peak allocated this step; CPU: the process's peak RSS so far
@@ -107,6 +108,8 @@ def deepspeed_config(cfg: TrainerConfig, dtype: torch.dtype, *, training: bool =
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if cfg.sequence_parallel_size > 1:  # [SP] read by HfDeepSpeedConfig's zero.Init (batch-size arithmetic)
+        config["sequence_parallel_size"] = cfg.sequence_parallel_size
     return _deep_merge(config, cfg.deepspeed)
 
 
@@ -168,9 +171,17 @@ class PolicyEngine:
         else:
             dtype = getattr(torch, model_cfg.dtype)
         torch.manual_seed(trainer_cfg.seed)
+        sp = trainer_cfg.sequence_parallel_size  # [SP] refused here, before any weight is loaded
+        self.sp = sequence_parallel.sp_layout(self.world.size, self.world.rank, sp)
+        sequence_parallel.check_model_heads(model_cfg.path, sp, model_cfg.trust_remote_code)
 
         ds_config = deepspeed_config(trainer_cfg, dtype)
         self.module, self._hf_ds_config = self._load_model(model_cfg, ds_config, dtype)
+        mpu = None
+        if sp > 1:  # [SP] ALST's Ulysses wrapper around golong's attention, and its SP/DP groups
+            mpu = sequence_parallel.register_ulysses(self.module, self.module.config._attn_implementation, sp)
+            self.sp = sequence_parallel.sp_layout(self.world.size, self.world.rank, sp,
+                                                  group=mpu.get_sequence_parallel_group())
         if model_cfg.gradient_checkpointing:
             self.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         wrapper = self._wrap(self.module, ds_config, temperature, trainer_cfg.logprob_chunk_size)
@@ -181,8 +192,8 @@ class PolicyEngine:
             scheduler = functools.partial(torch.optim.lr_scheduler.LambdaLR,
                                           lr_lambda=warmup_then_constant(trainer_cfg.warmup_steps))
         self.ds_engine, *_ = deepspeed.initialize(model=wrapper, optimizer=optimizer, lr_scheduler=scheduler,
-                                                  config=ds_config)
-        self.dp_world_size = self.ds_engine.dp_world_size
+                                                  config=ds_config, mpu=mpu)
+        self.grad_scale = sequence_parallel.gradient_scale(ds_config, self.world.size, sp)  # [SP]
 
         self.ref_engine = self._hf_ref_ds_config = None
         if loss_cfg.kl_coef:  # a frozen copy of the initial policy, sharded the same way, no optimizer
@@ -190,7 +201,8 @@ class PolicyEngine:
             ref_model, self._hf_ref_ds_config = self._load_model(model_cfg, ref_config, dtype)
             ref_model.requires_grad_(False)
             self.ref_engine, *_ = deepspeed.initialize(
-                model=self._wrap(ref_model, ref_config, temperature, trainer_cfg.logprob_chunk_size), config=ref_config)
+                model=self._wrap(ref_model, ref_config, temperature, trainer_cfg.logprob_chunk_size), config=ref_config,
+                mpu=mpu)
             self.ref_engine.eval()
         self._reset_step_counters()
 
@@ -221,17 +233,26 @@ class PolicyEngine:
                     max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
                     labels=mb.labels)
 
+    def _run(self, engine, mb: PackedMicroBatch, **kwargs):
+        """`engine`'s per-token outputs for the whole micro-batch, each (R,). [SP] With sequence
+        parallelism this rank runs its shard of the row, and the SP group's results are gathered."""
+        if self.sp.size == 1:
+            return engine(**self._inputs(mb), **kwargs)
+        shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.sp.size), self.sp)
+        out = engine(**shard.inputs, **kwargs)
+        return tuple(map(shard.gather, out)) if isinstance(out, tuple) else shard.gather(out)
+
     @torch.no_grad()
     def old_logprobs(self, mb: PackedMicroBatch) -> torch.Tensor:
         """(R,) fp32 log-probs of the response tokens under the current weights, no gradient."""
-        return self.ds_engine(**self._inputs(mb.to(self.device)))
+        return self._run(self.ds_engine, mb.to(self.device))
 
     @torch.no_grad()
     def ref_logprobs(self, mb: PackedMicroBatch) -> torch.Tensor:
         """(R,) fp32 log-probs under the frozen initial policy (only when loss.kl_coef > 0)."""
         if self.ref_engine is None:
             raise RuntimeError("no reference model: it is built only when loss.kl_coef > 0")
-        return self.ref_engine(**self._inputs(mb.to(self.device)))
+        return self._run(self.ref_engine, mb.to(self.device))
 
     def forward_backward(self, mb: PackedMicroBatch, denom: LossDenominator) -> PolicyLossStats:
         """Forward and backward of one micro-batch; gradients accumulate until `optimizer_step`.
@@ -243,16 +264,20 @@ class PolicyEngine:
         """
         start = time.perf_counter()
         caller_mb, mb = mb, mb.to(self.device)
-        logp, entropy = self.ds_engine(**self._inputs(mb), with_entropy=True)
+        logp, entropy = self._run(self.ds_engine, mb, with_entropy=True)
         if mb.old_logprobs is None:
             caller_mb.old_logprobs = mb.old_logprobs = logp.detach()
         loss, stats = policy_loss(logp, mb.old_logprobs, mb.rollout_logprobs, mb.advantages, mb.loss_mask,
                                   mb.seq_index, self.loss_cfg, self.icepop_cfg, denom, entropy=entropy,
                                   ref_logp=mb.ref_logprobs, group_ids=mb.group_ids)
         # `loss` is this micro-batch's share of the step's loss (a sum over the step divided by the
-        # step-wide denominator). DeepSpeed averages gradients over the data-parallel ranks, so scale
-        # by their number to get the sum; scale_wrt_gas=False keeps it from dividing by accumulation steps.
-        self.ds_engine.backward(loss * self.dp_world_size, scale_wrt_gas=False)
+        # step-wide denominator). DeepSpeed averages gradients over ranks; `grad_scale` undoes its
+        # division so they add up (sequence_parallel.gradient_scale); scale_wrt_gas=False keeps it from
+        # dividing by accumulation steps. [SP] every rank of an SP group holds the same loss value, its
+        # backward reaching only its own tokens; the statistics are counted on the group's first rank.
+        self.ds_engine.backward(loss * self.grad_scale, scale_wrt_gas=False)
+        if not self.sp.counts_once:
+            stats = PolicyLossStats()
         self._tokens += mb.num_tokens
         self._real_tokens += mb.num_real_tokens
         self._busy_s += time.perf_counter() - start

@@ -41,6 +41,7 @@ from golong.data.schema import Example
 from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
+from golong.trainer import sequence_parallel
 from golong.trainer.batch import TrainSample, pack_units, unit_num_tokens
 from golong.trainer.checkpoint import PER_NODE, Checkpointer, RunState, folder_layout
 from golong.trainer.engine import PolicyEngine
@@ -102,11 +103,12 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     # 5. prompt-once units (a group's prompt and responses), this rank's share in token-budget micro-batches
     samples = to_train_samples(run, rollouts, advantages)
-    max_tokens = cfg.trainer.micro_batch_max_tokens
+    sp = policy.sp  # [SP] planned over SP groups; every rank of a group gets its group's micro-batches
+    max_tokens = cfg.trainer.micro_batch_max_tokens * sp.size  # one row of an SP group
     units = plan_units(samples, max_tokens, cfg.trainer.share_prompt)
-    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, world.size)
-    my_samples = [samples[i] for mb in plan[world.rank] for u in mb for i in units[u]]
-    micro_batches = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[world.rank]]
+    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, sp.dp_size)
+    my_samples = [samples[i] for mb in plan[sp.dp_rank] for u in mb for i in units[u]]
+    micro_batches = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[sp.dp_rank]]
 
     # 6. old log-probs: a separate pass only when the update's first forward cannot give them (more than
     # one update per batch, or a KL reference); otherwise forward_backward records its own, detached
@@ -118,7 +120,8 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
                     mb.ref_logprobs = policy.ref_logprobs(mb)
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
-    denom = LossDenominator.build(my_samples, run.agg_mode, run.constant_norm_length)
+    denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
+                                  run.constant_norm_length)
     loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
     with timer.phase("update"):
         for _ in range(cfg.algorithm.ppo_epochs):
