@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from golong.trainer.router_replay import check_sample_routes, pack_routes
+
 
 @dataclass
 class TrainSample:
@@ -21,6 +23,7 @@ class TrainSample:
     advantage: float
     rollout_logprobs: torch.Tensor | None = None  # (R,) log-probs the rollout engine sampled the response with
     loss_weight: float = 1.0  # scales the response's loss; 0 leaves it out of the loss and its denominator
+    routes: torch.Tensor | None = None  # (P+R-1, L, k) rollout's MoE experts per token (router replay, golong/trainer/router_replay.py)
 
     def __post_init__(self):
         if not self.prompt_ids:
@@ -28,6 +31,7 @@ class TrainSample:
         if self.rollout_logprobs is not None and self.rollout_logprobs.shape != (len(self.response_ids),):
             raise ValueError(f"rollout_logprobs has shape {tuple(self.rollout_logprobs.shape)}, "
                              f"expected ({len(self.response_ids)},): one per response token")
+        check_sample_routes(self.routes, self.num_tokens)  # router replay
 
     @property
     def num_tokens(self) -> int:
@@ -56,6 +60,7 @@ class PackedMicroBatch:
     num_real_tokens: int  # tokens of real samples (a filler micro-batch has 0)
     old_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.old_logprobs
     ref_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.ref_logprobs (KL only)
+    routes: torch.Tensor | None = None  # (T, L, k) MoE experts per row token (router replay), None without
 
     @property
     def num_tokens(self) -> int:
@@ -104,4 +109,5 @@ def pack(samples: list[TrainSample]) -> PackedMicroBatch:
         seq_index=torch.repeat_interleave(torch.arange(len(samples)), response_lengths),
         rollout_logprobs=torch.cat([s.rollout_logprobs.float() for s in samples]) if have_rollout else None,
         num_real_tokens=sum(lengths) if real else 0,
+        routes=pack_routes([s.routes for s in samples], lengths) if real else None,  # router replay
     )

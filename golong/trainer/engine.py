@@ -35,6 +35,8 @@ from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.loss import LossDenominator, PolicyLossStats, policy_loss
+from golong.trainer.router_replay import RouterReplay
+from golong.trainer.router_replay import forward_kwargs as replay_kwargs
 
 
 @dataclass
@@ -61,11 +63,14 @@ class LogProbModel(nn.Module):
         self.model = model
         self.temperature = temperature
         self.chunk_size = chunk_size
+        self.router_replay = RouterReplay.install(model)  # MoE models: hooks that replay `routes`; else None
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, logit_positions, labels, with_entropy=False):
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, logit_positions, labels, with_entropy=False,
+                routes=None):
         hidden = self.model.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, use_cache=False,
-            **packed_attention_kwargs(cu_seqlens, max_seqlen)).last_hidden_state  # (1, T, H)
+            **packed_attention_kwargs(cu_seqlens, max_seqlen),
+            **replay_kwargs(self.router_replay, routes, cu_seqlens)).last_hidden_state  # (1, T, H)
         head = self.model.get_output_embeddings().weight  # (V, H)
         return token_logprobs(hidden[0, logit_positions], head, labels, temperature=self.temperature,
                               chunk_size=self.chunk_size, with_entropy=with_entropy)
@@ -190,7 +195,8 @@ class PolicyEngine:
 
     def _inputs(self, mb: PackedMicroBatch) -> dict:
         return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
-                    max_seqlen=mb.max_seqlen, logit_positions=mb.logit_positions, labels=mb.labels)
+                    max_seqlen=mb.max_seqlen, logit_positions=mb.logit_positions, labels=mb.labels,
+                    routes=mb.routes)
 
     @torch.no_grad()
     def old_logprobs(self, mb: PackedMicroBatch) -> torch.Tensor:
