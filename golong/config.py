@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from golong.configlib import ConfigError, invalid, load, to_dict
 from golong.data.config import DataConfig
 from golong.rewards.config import RewardConfig
-from golong.rollout.config import RolloutConfig
+from golong.rollout.config import RolloutConfig, check_router_replay
 from golong.trainer.config import AlgorithmConfig, LoggingConfig, ModelConfig, TrainerConfig
 
 __all__ = ["Config", "ConfigError", "load_config", "to_dict"]
@@ -34,6 +34,8 @@ class Config:
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")
+
+        check_router_replay(self.rollout, self.model.path)  # MoE models only
 
     @property
     def max_model_len(self) -> int:

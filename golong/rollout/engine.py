@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from golong.rollout.batch import RolloutBatch
 from golong.rollout.config import RolloutConfig
+from golong.rollout.routes import RouteCollector
 from golong.rollout.weight_sync import (
     SyncStats,
     extra_bytes,
@@ -73,7 +74,8 @@ class RolloutEngine:
         # Sleep mode needs the CUDA memory pool; elsewhere sleep/wake are no-ops.
         self.sleep_mode = cfg.sleep_level > 0 and current_platform.is_sleep_mode_available()
         self._weights_dropped = False  # level-2 sleep discarded the weights and no sync has refilled them
-        self.llm = LLM(
+        self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/rollout/routes.py)
+        self.llm = LLM(**self.routes.engine_kwargs(dict(
             model=model_path,
             dtype=cfg.dtype,
             tensor_parallel_size=tp,
@@ -85,7 +87,8 @@ class RolloutEngine:
             enforce_eager=cfg.enforce_eager,
             enable_sleep_mode=self.sleep_mode,
             logprobs_mode="processed_logprobs",  # log softmax(logits / T) after top-p, as the trainer computes
-        )
+        )))
+        self.routes.attach(self.llm)  # router replay
 
     # ------------------------------------------------------------------------------------------
     # Generation
@@ -135,6 +138,7 @@ class RolloutEngine:
                 logprobs.append(list(completion.logprobs.logprobs))  # logprobs=0: one entry per token
                 finish_reasons.append(completion.finish_reason)
         return RolloutBatch(
+            routes=self.routes.collect(self.llm, outputs),  # router replay: (P+R-1, L, k) per response, or None
             prompt_index=prompt_index,
             response_ids=response_ids,
             logprobs=logprobs,
