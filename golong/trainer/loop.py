@@ -43,6 +43,7 @@ from golong.trainer.export import export_hf
 from golong.trainer.loss import LossDenominator, PolicyLossStats, all_reduce_sum, resolve_agg_mode
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
 from golong.trainer.packing import plan_micro_batches
+from golong.trainer.router_replay import configure_router_replay, gather_routes, router_metrics
 
 logger = logging.getLogger("golong")
 
@@ -73,6 +74,7 @@ class Rollouts:
     reward_errors: int
     num_filtered: int  # prompts the engine refused: prompt + max_response_length > max_model_len
     generation_tokens_per_s: float  # all ranks' generated tokens over the slowest rank's generate time
+    routes: list[np.ndarray] | None = None  # (N,) each (P+L_i-1, layers, top_k) MoE experts (router replay), or None
 
     def __len__(self) -> int:
         return len(self.example_index)
@@ -82,7 +84,8 @@ class Rollouts:
         return Rollouts([self.example_index[i] for i in rows], self.group_index[idx], self.task_index[idx],
                         [self.response_ids[i] for i in rows], [self.rollout_logprobs[i] for i in rows],
                         self.truncated[rows], self.rewards[idx], self.reward_timeouts, self.reward_errors,
-                        self.num_filtered, self.generation_tokens_per_s)
+                        self.num_filtered, self.generation_tokens_per_s,
+                        [self.routes[i] for i in rows] if self.routes is not None else None)  # router replay
 
 
 @dataclass
@@ -134,6 +137,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
             mb.old_logprobs = policy.old_logprobs(mb)
             if cfg.algorithm.loss.kl_coef:
                 mb.ref_logprobs = policy.ref_logprobs(mb)
+    replay_metrics = router_metrics(policy.ds_engine.module.router_replay)  # router replay: on the old-log-prob forwards
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
     denom = LossDenominator.build(my_samples, run.agg_mode, run.constant_norm_length)
@@ -158,6 +162,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
         "rollout/logprob_abs_diff": step_logprob_abs_diff(micro_batches),
+        **replay_metrics,
         "sync/seconds": sync.seconds,
         "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
     }
@@ -198,6 +203,7 @@ class RankRollouts:
     filtered: int = 0  # prompts the engine refused
     generated_tokens: int = 0
     generate_seconds: float = 0.0
+    routes: list[np.ndarray] | None = None  # (n,) router replay: each (P+L_i-1, layers, top_k)
 
 
 def generate_round(run: Run, timer: PhaseTimer) -> Rollouts:
@@ -227,7 +233,8 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
             logprobs=[np.asarray(lp, dtype=np.float32) for lp in batch.logprobs],
             truncated=list(batch.truncated), rewards=list(scored.scores),
             timeouts=sum(scored.timeouts.values()), errors=sum(scored.errors.values()),
-            filtered=batch.num_filtered, generated_tokens=batch.num_tokens, generate_seconds=batch.seconds)
+            filtered=batch.num_filtered, generated_tokens=batch.num_tokens, generate_seconds=batch.seconds,
+            routes=batch.routes)
     parts = all_gather_objects(local, run.world)
 
     position = [p for part in parts for p in part.position]
@@ -245,6 +252,7 @@ def generate_and_score(run: Run, rows: list[int], timer: PhaseTimer) -> Rollouts
         num_filtered=sum(part.filtered for part in parts),
         generation_tokens_per_s=(sum(part.generated_tokens for part in parts)
                                  / max(max(part.generate_seconds for part in parts), 1e-9)),
+        routes=gather_routes([part.routes for part in parts], [len(part.position) for part in parts]),  # router replay
     )
 
 
@@ -264,7 +272,8 @@ def concat_rollouts(a: Rollouts, b: Rollouts) -> Rollouts:
                     a.rollout_logprobs + b.rollout_logprobs, np.concatenate([a.truncated, b.truncated]),
                     torch.cat([a.rewards, b.rewards]), a.reward_timeouts + b.reward_timeouts,
                     a.reward_errors + b.reward_errors, a.num_filtered + b.num_filtered,
-                    min(a.generation_tokens_per_s, b.generation_tokens_per_s))
+                    min(a.generation_tokens_per_s, b.generation_tokens_per_s),
+                    a.routes + b.routes if a.routes is not None and b.routes is not None else None)  # router replay
 
 
 def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
@@ -277,6 +286,7 @@ def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> 
             advantage=float(advantages[i]),
             rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
             loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
+            routes=torch.from_numpy(rollouts.routes[i]) if rollouts.routes is not None else None,  # router replay
         )
         for i, row in enumerate(rollouts.example_index)
     ]
@@ -373,6 +383,7 @@ def train(cfg: Config) -> None:
     agg_mode = resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg)
     policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop, cfg.rollout.temperature)
     rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len)
+    configure_router_replay(policy.ds_engine.module.router_replay, cfg.rollout)  # router replay
     torch.manual_seed(cfg.trainer.seed)  # after vLLM, which reseeds the global generators with rollout.seed
     run = Run(cfg=cfg, world=world, tokenizer=tokenizer, stop_ids=stop_token_ids(cfg.model.path, tokenizer),
               data=data, sampler=sampler, policy=policy, rollout=rollout, scorer=RewardScorer(cfg.reward),

@@ -29,6 +29,7 @@ layers (vLLM's layout; rows of non-MoE layers are ignored), the k experts, in a 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -250,3 +251,38 @@ def own_routes(model: nn.Module, input_ids: torch.Tensor, **forward_kwargs) -> t
         for handle in handles:
             handle.remove()
     return routes
+
+
+# ------------------------------------------------------------------------------------------------
+# The training loop's side (golong/trainer/loop.py calls these)
+
+
+def configure_router_replay(replay: RouterReplay | None, rollout_cfg) -> None:
+    """At start-up: replay the rollout's routes (rollout.router_replay) or only measure agreement
+    with them (rollout.record_routes)."""
+    if rollout_cfg.router_replay or rollout_cfg.record_routes:
+        if replay is None:
+            raise ValueError("rollout.router_replay / rollout.record_routes need an MoE policy (the trainer's model "
+                             "has no MoE layers). Fix: set both to false")
+        replay.apply = rollout_cfg.router_replay
+
+
+def gather_routes(parts: list[list | None], sizes: list[int]) -> list | None:
+    """Every rank's routes in the gathered responses' order; None when no rank recorded any. A part that
+    contributed no responses (a non-leading tensor-parallel rank) may have None."""
+    if all(part is None for part, n in zip(parts, sizes) if n) or not any(sizes):
+        return None
+    if any(part is None for part, n in zip(parts, sizes) if n):
+        raise RuntimeError("router replay: some ranks returned routes and some did not")
+    return [r for part, n in zip(parts, sizes) if n for r in part]
+
+
+def router_metrics(replay: RouterReplay | None) -> dict[str, float]:
+    """`rollout/router_agreement`: share of (token, MoE layer) choices of the step where the trainer's own
+    top-k set equals the rollout's, counted in the old-log-prob forwards (no grad; weights as at
+    sampling; with replay on, each layer's input has gone through the replayed experts of the layers
+    below). Collective. Empty when nothing was measured (no routes, no MoE)."""
+    if replay is None:
+        return {}
+    value = global_agreement(replay.agreement)
+    return {} if math.isnan(value) else {"rollout/router_agreement": value}
