@@ -121,9 +121,11 @@ class _LayerReplay:
 
 
 def _is_moe_router(module: nn.Module) -> bool:
-    # Qwen3MoeTopKRouter and its kin: a top_k, a num_experts and a (num_experts, hidden) weight.
-    return all(hasattr(module, name) for name in ("top_k", "num_experts", "weight")) and \
-        getattr(module, "weight").dim() == 2
+    # Qwen3MoeTopKRouter and its kin: a top_k, a num_experts and a (num_experts, hidden) weight
+    # (under ZeRO-3 a partitioned weight is empty here; `ds_shape` keeps its full shape).
+    if not all(hasattr(module, name) for name in ("top_k", "num_experts", "weight")):
+        return False
+    return len(getattr(module.weight, "ds_shape", module.weight.shape)) == 2
 
 
 def moe_routers(model: nn.Module) -> dict[int, nn.Module]:
