@@ -193,3 +193,27 @@ def test_bad_routes_are_refused(moe_path, tiny_model_path):
     with pytest.raises(ValueError, match="rollout.router_replay"):
         dense(**inputs(mb, torch.zeros(mb.num_tokens, 2, 2, dtype=torch.uint8)))
     assert RouterReplay.install(lp.model) is lp.router_replay  # idempotent: hooks installed once
+
+
+@pytest.mark.slow
+def test_zero3_engine_with_checkpointing_replays_like_plain_transformers(moe_path, tmp_path):
+    """PolicyEngine (ZeRO-3, MoE blocks as leaves, gradient checkpointing) replaying routes gives the
+    log-probs and gradients of plain transformers replaying them (tests/dist/engine_router_replay.py)."""
+    import os
+
+    from conftest import REPO
+    from test_engine import run_python
+
+    out = tmp_path / "replay.pt"
+    run_python(os.path.join(REPO, "tests", "dist", "engine_router_replay.py"), [moe_path, str(out)])
+    d = torch.load(out, weights_only=True)
+    assert all(d["checkpointing"])  # the backward recomputed every layer
+    assert torch.equal(d["own"], d["plain"])  # own routes replayed == ordinary forward
+    assert d["own_agreement"] == 1.0 and d["foreign_agreement"] == 0.0
+    torch.testing.assert_close(d["foreign"], d["reference_foreign"], rtol=0, atol=1e-5)
+    assert (d["foreign"] - d["plain"]).abs().max() > 1e-3  # the routes mattered
+    largest = max(g.abs().max().item() for g in d["reference_grads"].values())
+    assert d["grads"].keys() == d["reference_grads"].keys()
+    for name, g in d["reference_grads"].items():
+        torch.testing.assert_close(d["grads"][name], g, rtol=1e-4, atol=1e-6 * largest * 10, msg=name)
+    assert d["grads"]["model.layers.1.mlp.gate.weight"].abs().sum() > 0

@@ -148,6 +148,7 @@ class PolicyEngine:
         self.module, self._hf_ds_config = self._load_model(model_cfg, ds_config, dtype)
         if model_cfg.gradient_checkpointing:
             self.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.module.train()  # layers checkpoint only in training mode; from_pretrained returns eval mode
         wrapper = self._wrap(self.module, ds_config, temperature, trainer_cfg.logprob_chunk_size)
 
         optimizer = scheduler = None
