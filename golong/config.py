@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from golong.configlib import ConfigError, invalid, load, to_dict
 from golong.data.config import DataConfig
 from golong.rewards.config import RewardConfig
-from golong.rollout.config import RolloutConfig
+from golong.rollout.config import RolloutConfig, check_router_replay
 from golong.trainer.config import AlgorithmConfig, LoggingConfig, ModelConfig, TrainerConfig
 
 __all__ = ["Config", "ConfigError", "load_config", "to_dict"]
@@ -50,6 +50,12 @@ class Config:
             from golong.trainer.sequence_parallel import check_model_heads
 
             check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
+        check_router_replay(self.rollout, self.model.path)  # MoE models only
+        if self.rollout.router_replay and self.trainer.sequence_parallel_size > 1:
+            raise invalid("rollout.router_replay", "is not implemented together with sequence parallelism "
+                          f"(trainer.sequence_parallel_size={self.trainer.sequence_parallel_size}): the routes would "
+                          "have to be sharded with the row", "set trainer.sequence_parallel_size=1, or "
+                          "rollout.router_replay=false")
         self.validate_parallel_sizes(world_size())
 
     def validate_parallel_sizes(self, world: int | None) -> None:
@@ -67,6 +73,7 @@ class Config:
             raise invalid("trainer.sequence_parallel_size", f"{sp} does not divide the {world} ranks of this run "
                           "(an SP group is that many consecutive ranks)",
                           f"use a divisor of {world}, or change --nproc_per_node/--nnodes")
+
 
     @property
     def max_model_len(self) -> int:

@@ -95,10 +95,18 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, byte_level: bool = T
 
 def build_tiny_model(out_dir: str, corpus: Iterable[str] | None = None, spec: TinyModelSpec | None = None) -> str:
     """Write a tiny Qwen3 model + tokenizer to `out_dir` (idempotent) and return the folder."""
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     spec = spec or TinyModelSpec()
+    return _write_tiny(out_dir, corpus, spec, Qwen3Config, Qwen3ForCausalLM, intermediate_size=spec.intermediate_size)
+
+
+def _write_tiny(out_dir: str, corpus: Iterable[str] | None, spec: TinyModelSpec, config_cls, model_cls,
+                **architecture) -> str:
+    """Train the tokenizer, build `model_cls(config_cls(spec's shape, **architecture))` and save both."""
+    import torch
+    from transformers import GenerationConfig
+
     marker = os.path.join(out_dir, "golong_tiny.json")
     if os.path.exists(marker):
         return out_dir
@@ -106,10 +114,9 @@ def build_tiny_model(out_dir: str, corpus: Iterable[str] | None = None, spec: Ti
     tokenizer = train_tokenizer(corpus if corpus is not None else _DEFAULT_CORPUS, spec.vocab_size, spec.byte_level)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen3Config(
+    config = config_cls(
         vocab_size=-(-len(tokenizer) // 64) * 64,
         hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
@@ -120,12 +127,42 @@ def build_tiny_model(out_dir: str, corpus: Iterable[str] | None = None, spec: Ti
         eos_token_id=eos,
         pad_token_id=pad,
         torch_dtype="float32",
+        **architecture,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen3ForCausalLM(config)
+    model = model_cls(config)
     model.generation_config = GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     with open(marker, "w") as f:  # written last: a folder without it is incomplete and rebuilt
         json.dump(spec.__dict__, f)
     return out_dir
+
+
+@dataclass
+class TinyMoeSpec(TinyModelSpec):
+    """Shape of the tiny Qwen3-MoE (Qwen3-30B-A3B's architecture, scaled down): every layer is a
+    sparse MoE block of `num_experts` experts, `top_k` per token, renormalised top-k weights."""
+
+    num_experts: int = 8
+    top_k: int = 2
+    moe_intermediate_size: int = 64
+    norm_topk_prob: bool = True  # as Qwen3-30B-A3B
+
+
+def build_tiny_moe_model(out_dir: str, corpus: Iterable[str] | None = None, spec: TinyMoeSpec | None = None) -> str:
+    """Write a tiny Qwen3-MoE model + tokenizer to `out_dir` (idempotent) and return the folder.
+
+    It loads in transformers (Qwen3MoeForCausalLM) and in vLLM (bfloat16, also on CPU).
+    """
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    spec = spec or TinyMoeSpec()
+    return _write_tiny(out_dir, corpus, spec, Qwen3MoeConfig, Qwen3MoeForCausalLM,
+                       intermediate_size=spec.intermediate_size,  # unused: no dense MLP layers
+                       moe_intermediate_size=spec.moe_intermediate_size,
+                       num_experts=spec.num_experts,
+                       num_experts_per_tok=spec.top_k,
+                       norm_topk_prob=spec.norm_topk_prob,
+                       decoder_sparse_step=1,
+                       mlp_only_layers=[])

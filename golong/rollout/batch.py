@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -22,6 +23,7 @@ class RolloutBatch:
     num_filtered: int  # prompts left out because prompt + max_tokens > max_model_len
     filtered_index: list[int]  # (num_filtered,) their indices into the prompts
     seconds: float  # wall time of the engine call
+    routes: list[np.ndarray] | None = None  # (R,) each (P+R_r-1, L, k) MoE experts per token (router replay), or None
 
     @property
     def num_tokens(self) -> int:

@@ -47,6 +47,7 @@ class Rollouts:
     num_filtered: int  # prompts that got no responses: too long for the engine (or the caller's length limit)
     generate_seconds: float  # generation wall time: the slowest rank's, summed over rounds
     score_seconds: float  # scoring wall time: the slowest rank's, summed over rounds
+    routes: list[np.ndarray] | None = None  # (N,) each (P+L_i-1, layers, top_k) MoE experts (router replay), or None
 
     def __len__(self) -> int:
         return len(self.example_index)
@@ -76,7 +77,8 @@ class Rollouts:
             rollout_logprobs=[self.rollout_logprobs[i] for i in rows], truncated=self.truncated[rows],
             rewards=self.rewards[idx], texts=[self.texts[i] for i in rows] if self.texts else [],
             reward_timeouts=self.reward_timeouts, reward_errors=self.reward_errors, num_filtered=self.num_filtered,
-            generate_seconds=self.generate_seconds, score_seconds=self.score_seconds)
+            generate_seconds=self.generate_seconds, score_seconds=self.score_seconds,
+            routes=[self.routes[i] for i in rows] if self.routes is not None else None)
 
     @staticmethod
     def concat(parts: list[Rollouts], *, parallel: bool) -> Rollouts:
@@ -98,7 +100,8 @@ class Rollouts:
             reward_errors=sum(p.reward_errors for p in parts),
             num_filtered=sum(p.num_filtered for p in parts),
             generate_seconds=wall(p.generate_seconds for p in parts),
-            score_seconds=wall(p.score_seconds for p in parts))
+            score_seconds=wall(p.score_seconds for p in parts),
+            routes=_concat_routes(parts))
 
     def informative(self) -> Rollouts:
         """The responses of groups whose rewards are not all equal (dynamic sampling's filter): a group
@@ -203,7 +206,8 @@ class RolloutCollector:
                 rewards=torch.tensor(scored.scores, dtype=torch.float64),
                 texts=texts if self.keep_text else [],
                 reward_timeouts=sum(scored.timeouts.values()), reward_errors=sum(scored.errors.values()),
-                num_filtered=batch.num_filtered, generate_seconds=batch.seconds, score_seconds=scored.seconds)
+                num_filtered=batch.num_filtered, generate_seconds=batch.seconds, score_seconds=scored.seconds,
+                routes=batch.routes)  # router replay: the experts vLLM chose, or None
         else:
             local.generate_seconds = batch.seconds
         return Rollouts.concat(self.world.all_gather_objects(local), parallel=True)
@@ -217,6 +221,16 @@ class RolloutCollector:
     def _round(self, next_rows: Callable[[], list[int]], first_group: int) -> tuple[Rollouts, int]:
         rows = next_rows()
         return self.collect(rows, first_group), len(rows)
+
+
+def _concat_routes(parts: list[Rollouts]) -> list[np.ndarray] | None:
+    """The parts' routes in order; None when no part with responses has any (router replay off)."""
+    with_rows = [p for p in parts if len(p)]
+    if all(p.routes is None for p in with_rows):
+        return None
+    if any(p.routes is None for p in with_rows):
+        raise RuntimeError("router replay: some ranks returned routes and some did not")
+    return [r for p in with_rows for r in p.routes]
 
 
 def sample_step(next_round: Callable[[int], tuple[Rollouts, int]], target_groups: int, *, filter_groups: bool,

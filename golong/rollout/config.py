@@ -24,6 +24,8 @@ class RolloutConfig:
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
     seed: int = option(0, "Sampling seed; each rollout data-parallel group (tensor_parallel_size ranks) adds its index.")
+    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts; CPU: an in-process recorder that runs the engine eager and without prefix caching.")
+    record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
 
     def validate(self) -> None:
         if self.n < 1:
@@ -42,3 +44,21 @@ class RolloutConfig:
             raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")
+
+
+def check_router_replay(cfg: RolloutConfig, model_path: str) -> None:
+    """Refuse rollout.router_replay / record_routes for a model that is not MoE, when its config.json can be read."""
+    import json
+    import os
+
+    key = "router_replay" if cfg.router_replay else "record_routes" if cfg.record_routes else None
+    config_file = os.path.join(model_path, "config.json")
+    if key is None or not os.path.isfile(config_file):
+        return
+    with open(config_file) as f:
+        model_config = json.load(f)
+    model_config = model_config.get("text_config", model_config)
+    experts = max(int(model_config.get(name) or 0) for name in ("num_experts", "num_local_experts", "n_routed_experts"))
+    if experts <= 0:
+        raise invalid(f"rollout.{key}", f"{model_path} is not a mixture-of-experts model (its config.json names no experts)",
+                      f"set rollout.{key}=false, or train an MoE model such as Qwen3-30B-A3B")

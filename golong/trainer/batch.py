@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from golong.trainer.router_replay import check_sample_routes, pack_unit_routes
+
 
 @dataclass
 class TrainSample:
@@ -36,6 +38,7 @@ class TrainSample:
     rollout_logprobs: torch.Tensor | None = None  # (R,) log-probs the rollout engine sampled the response with
     loss_weight: float = 1.0  # scales the response's loss; 0 leaves it out of the loss and its denominator
     group_id: int | None = None  # the prompt group: responses with one group_id share prompt_ids (None: alone)
+    routes: torch.Tensor | None = None  # (P+R-1, L, k) rollout's MoE experts per token (router replay, golong/trainer/router_replay.py)
 
     def __post_init__(self):
         if not self.prompt_ids:
@@ -43,6 +46,7 @@ class TrainSample:
         if self.rollout_logprobs is not None and self.rollout_logprobs.shape != (len(self.response_ids),):
             raise ValueError(f"rollout_logprobs has shape {tuple(self.rollout_logprobs.shape)}, "
                              f"expected ({len(self.response_ids)},): one per response token")
+        check_sample_routes(self.routes, self.num_tokens)  # router replay
 
     @property
     def num_tokens(self) -> int:
@@ -81,6 +85,7 @@ class PackedMicroBatch:
     num_responses: int  # N (a filler has 0)
     old_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.old_logprobs (or by forward_backward)
     ref_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.ref_logprobs (KL only)
+    routes: torch.Tensor | None = None  # (T, L, k) MoE experts per row token (router replay), None without
 
     @property
     def num_tokens(self) -> int:
@@ -154,4 +159,5 @@ def pack_units(units: list[list[TrainSample]]) -> PackedMicroBatch:
         rollout_logprobs=torch.cat([s.rollout_logprobs.float() for s in samples]) if have_rollout else None,
         num_real_tokens=len(ids) if real else 0,
         num_responses=len(samples) if real else 0,
+        routes=pack_unit_routes(units) if real else None,  # router replay
     )

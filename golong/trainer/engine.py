@@ -36,6 +36,8 @@ from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, T
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.loss import LossDenominator, PolicyLossStats, policy_loss
 from golong.world import World, init_world
+from golong.trainer.router_replay import RouterReplay
+from golong.trainer.router_replay import forward_kwargs as replay_kwargs
 
 
 @dataclass
@@ -64,9 +66,10 @@ class LogProbModel(nn.Module):
         self.model = model
         self.temperature = temperature
         self.chunk_size = chunk_size
+        self.router_replay = RouterReplay.install(model)  # MoE models: hooks that replay `routes`; else None
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cu_segments, logit_positions, labels,
-                with_entropy=False):
+                with_entropy=False, routes=None):
         implementation = self.model.config._attn_implementation
         if implementation not in PROMPT_ONCE_IMPLEMENTATIONS and not one_response_per_unit(cu_seqlens, cu_segments):
             raise ValueError(f"attention {implementation!r} cannot attend prompt-once groups (trainer.share_prompt): "
@@ -76,7 +79,8 @@ class LogProbModel(nn.Module):
             # over the whole row (cu_seqlens[-1] tokens), even where a sequence-parallel rank holds a slice of it
             attention["segment_block_mask"] = prompt_once_block_mask(cu_seqlens, cu_segments, int(cu_seqlens[-1]))
         hidden = self.model.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention).last_hidden_state  # (1, T, H)
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention,
+            **replay_kwargs(self.router_replay, routes, cu_seqlens, cu_segments)).last_hidden_state  # (1, T, H)
         head = self.model.get_output_embeddings().weight  # (V, H)
         return token_logprobs(hidden[0, logit_positions], head, labels, temperature=self.temperature,
                               chunk_size=self.chunk_size, with_entropy=with_entropy)
@@ -184,6 +188,7 @@ class PolicyEngine:
                                                   group=mpu.get_sequence_parallel_group())
         if model_cfg.gradient_checkpointing:
             self.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.module.train()  # layers checkpoint only in training mode; from_pretrained returns eval mode
         wrapper = self._wrap(self.module, ds_config, temperature, trainer_cfg.logprob_chunk_size)
 
         optimizer = build_optimizer(self.module, trainer_cfg, ds_config)
@@ -231,13 +236,15 @@ class PolicyEngine:
     def _inputs(self, mb: PackedMicroBatch) -> dict:
         return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
                     max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
-                    labels=mb.labels)
+                    labels=mb.labels, routes=mb.routes)
 
     def _run(self, engine, mb: PackedMicroBatch, **kwargs):
         """`engine`'s per-token outputs for the whole micro-batch, each (R,). [SP] With sequence
         parallelism this rank runs its shard of the row, and the SP group's results are gathered."""
         if self.sp.size == 1:
             return engine(**self._inputs(mb), **kwargs)
+        if mb.routes is not None:  # refused at config validation too (rollout.router_replay with SP)
+            raise ValueError("router replay is not implemented with sequence parallelism (trainer.sequence_parallel_size > 1)")
         shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.sp.size), self.sp)
         out = engine(**shard.inputs, **kwargs)
         return tuple(map(shard.gather, out)) if isinstance(out, tuple) else shard.gather(out)

@@ -49,6 +49,7 @@ from golong.trainer.export import export_hf
 from golong.trainer.loss import LossDenominator, PolicyLossStats, resolve_agg_mode
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
 from golong.trainer.packing import plan_micro_batches, plan_units
+from golong.trainer.router_replay import configure_router_replay, router_metrics
 from golong.world import World, init_world
 
 logger = logging.getLogger("golong")
@@ -112,12 +113,14 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     # 6. old log-probs: a separate pass only when the update's first forward cannot give them (more than
     # one update per batch, or a KL reference); otherwise forward_backward records its own, detached
+    # (MoE with rollout routes: also kept, it is the no-grad forward rollout/router_agreement is measured on)
     with timer.phase("old_logprobs"):
-        if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.loss.kl_coef:
+        if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.loss.kl_coef or rollouts.routes is not None:
             for mb in micro_batches:
                 mb.old_logprobs = policy.old_logprobs(mb)
                 if cfg.algorithm.loss.kl_coef:
                     mb.ref_logprobs = policy.ref_logprobs(mb)
+    replay_metrics = router_metrics(policy.ds_engine.module.router_replay)  # rollout/router_agreement
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
     denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
@@ -145,6 +148,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
         "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)
         "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
+        **replay_metrics,
         "sync/seconds": sync.seconds,
         "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
     }
@@ -171,6 +175,7 @@ def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> 
             rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
             loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
             group_id=int(rollouts.group_index[i]),
+            routes=torch.from_numpy(rollouts.routes[i]) if rollouts.routes is not None else None,  # router replay
         )
         for i, row in enumerate(rollouts.example_index)
     ]
@@ -312,6 +317,7 @@ def train(cfg: Config) -> None:
                               cfg.rollout.temperature, world=world)
     with starting(world, f"vLLM engine (tensor parallel {cfg.rollout.tensor_parallel_size})"):
         rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len, world=world)
+    configure_router_replay(policy.ds_engine.module.router_replay, cfg.rollout)  # MoE: replay or only measure routes
     torch.manual_seed(cfg.trainer.seed)  # after vLLM, which reseeds the global generators with rollout.seed
     with starting(world, f"reward pool ({cfg.reward.num_workers} workers)"):
         scorer = RewardScorer(cfg.reward)

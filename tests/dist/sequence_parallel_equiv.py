@@ -21,7 +21,7 @@ from deepspeed.utils import safe_get_full_grad
 from engine_common import gathered_weights, random_samples
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
-from golong.trainer.distributed import all_gather_objects, init_world
+from golong.world import init_world
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.loss import LossDenominator, PolicyLossStats
 from golong.trainer.sequence_parallel import counted_once
@@ -75,7 +75,7 @@ for step in range(2):  # the second step reuses the first one's old log-probs: r
     if step == 0:
         weights = gathered_weights(engine.module)
 
-gathered = all_gather_objects((logps, entropies), world)
+gathered = world.all_gather_objects((logps, entropies))
 if world.rank == 0:
     all_logps = {i: v for part, _ in gathered for i, v in part.items()}
     all_entropies = {i: v for _, part in gathered for i, v in part.items()}
