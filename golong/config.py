@@ -51,11 +51,6 @@ class Config:
 
             check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
         check_router_replay(self.rollout, self.model.path)  # MoE models only
-        if self.rollout.router_replay and self.trainer.sequence_parallel_size > 1:
-            raise invalid("rollout.router_replay", "is not implemented together with sequence parallelism "
-                          f"(trainer.sequence_parallel_size={self.trainer.sequence_parallel_size}): the routes would "
-                          "have to be sharded with the row", "set trainer.sequence_parallel_size=1, or "
-                          "rollout.router_replay=false")
         self.validate_parallel_sizes(world_size())
 
     def validate_parallel_sizes(self, world: int | None) -> None:

@@ -86,6 +86,7 @@ class PackedMicroBatch:
     old_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.old_logprobs (or by forward_backward)
     ref_logprobs: torch.Tensor | None = None  # (R,) set by the caller from PolicyEngine.ref_logprobs (KL only)
     routes: torch.Tensor | None = None  # (T, L, k) MoE experts per row token (router replay), None without
+    routes_counted: torch.Tensor | None = None  # (T,) bool: routed by the rollout (False: a response's last token)
 
     @property
     def num_tokens(self) -> int:
@@ -143,6 +144,7 @@ def pack_units(units: list[list[TrainSample]]) -> PackedMicroBatch:
     have_rollout = all(s.rollout_logprobs is not None for s in samples)
     cu_seqlens = torch.tensor(unit_bounds, dtype=torch.int32)
     cu_segments = torch.tensor(segment_bounds, dtype=torch.int32)
+    routes, routes_counted = pack_unit_routes(units) if real else (None, None)  # router replay
     return PackedMicroBatch(
         input_ids=torch.tensor(ids, dtype=torch.long)[None],
         position_ids=torch.cat(positions)[None],
@@ -159,5 +161,6 @@ def pack_units(units: list[list[TrainSample]]) -> PackedMicroBatch:
         rollout_logprobs=torch.cat([s.rollout_logprobs.float() for s in samples]) if have_rollout else None,
         num_real_tokens=len(ids) if real else 0,
         num_responses=len(samples) if real else 0,
-        routes=pack_unit_routes(units) if real else None,  # router replay
+        routes=routes,
+        routes_counted=routes_counted,
     )

@@ -69,7 +69,7 @@ class LogProbModel(nn.Module):
         self.router_replay = RouterReplay.install(model)  # MoE models: hooks that replay `routes`; else None
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cu_segments, logit_positions, labels,
-                with_entropy=False, routes=None):
+                with_entropy=False, routes=None, routes_counted=None):
         implementation = self.model.config._attn_implementation
         if implementation not in PROMPT_ONCE_IMPLEMENTATIONS and not one_response_per_unit(cu_seqlens, cu_segments):
             raise ValueError(f"attention {implementation!r} cannot attend prompt-once groups (trainer.share_prompt): "
@@ -80,7 +80,7 @@ class LogProbModel(nn.Module):
             attention["segment_block_mask"] = prompt_once_block_mask(cu_seqlens, cu_segments, int(cu_seqlens[-1]))
         hidden = self.model.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention,
-            **replay_kwargs(self.router_replay, routes, cu_seqlens, cu_segments)).last_hidden_state  # (1, T, H)
+            **replay_kwargs(self.router_replay, routes, routes_counted)).last_hidden_state  # (1, T, H)
         head = self.model.get_output_embeddings().weight  # (V, H)
         return token_logprobs(hidden[0, logit_positions], head, labels, temperature=self.temperature,
                               chunk_size=self.chunk_size, with_entropy=with_entropy)
@@ -236,15 +236,13 @@ class PolicyEngine:
     def _inputs(self, mb: PackedMicroBatch) -> dict:
         return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
                     max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
-                    labels=mb.labels, routes=mb.routes)
+                    labels=mb.labels, routes=mb.routes, routes_counted=mb.routes_counted)
 
     def _run(self, engine, mb: PackedMicroBatch, **kwargs):
         """`engine`'s per-token outputs for the whole micro-batch, each (R,). [SP] With sequence
         parallelism this rank runs its shard of the row, and the SP group's results are gathered."""
         if self.sp.size == 1:
             return engine(**self._inputs(mb), **kwargs)
-        if mb.routes is not None:  # refused at config validation too (rollout.router_replay with SP)
-            raise ValueError("router replay is not implemented with sequence parallelism (trainer.sequence_parallel_size > 1)")
         shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.sp.size), self.sp)
         out = engine(**shard.inputs, **kwargs)
         return tuple(map(shard.gather, out)) if isinstance(out, tuple) else shard.gather(out)

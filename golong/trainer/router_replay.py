@@ -54,40 +54,39 @@ def check_sample_routes(routes: torch.Tensor | None, num_tokens: int) -> None:
                          "one row per prompt and response token but the last (which the rollout never routed)")
 
 
-def pack_unit_routes(units: list[list]) -> torch.Tensor | None:
-    """(T, L, k) the routes of prompt-once units (lists of TrainSamples sharing a prompt) laid out like
-    their tokens in the packed row (golong/trainer/batch.py), or None if no sample has any.
+def pack_unit_routes(units: list[list]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """(routes (T, L, k), counted (T,) bool): the routes of prompt-once units (lists of TrainSamples sharing
+    a prompt) laid out like their tokens in the packed row (golong/trainer/batch.py), and which of them the
+    rollout really routed; (None, None) if no sample has routes.
 
     A sample's routes cover its prompt and all but its last response token (P+R-1 rows). A unit's row
     holds the prompt once (its routes taken from the unit's first sample: vLLM computed that prompt once
     for the whole group) and then each response: its R-1 routed tokens and, for its last token, experts
     0..k-1. That token was never routed by the rollout, and its MoE output is never read (its hidden state
     predicts no trained token and no later token of its response attends to it), so any valid choice
-    gives the same log-probs; `unrouted_positions` keeps it out of the agreement counts.
+    gives the same log-probs; `counted` keeps it out of the agreement counts.
     """
     samples = [s for unit in units for s in unit]
     if all(s.routes is None for s in samples):
-        return None
+        return None, None
     if any(s.routes is None for s in samples):
         raise ValueError("some samples of a micro-batch have routes and some do not: with router replay every "
                          "rollout sample needs its routes")
-    rows = []
+    rows, counted = [], []
     for unit in units:
         prompt_len = len(unit[0].prompt_ids)
         rows.append(unit[0].routes[:prompt_len])
+        counted.append(torch.ones(prompt_len, dtype=torch.bool))
         for s in unit:
             if s.response_ids:
-                last = torch.arange(s.routes.shape[2], dtype=s.routes.dtype).expand(1, *s.routes.shape[1:])
-                rows += [s.routes[prompt_len:], last]
-    return torch.cat(rows)
+                rows += [s.routes[prompt_len:], unrouted_placeholder(s.routes, 1)]
+                counted += [torch.ones(len(s.response_ids) - 1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)]
+    return torch.cat(rows), torch.cat(counted)
 
 
-def unrouted_positions(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor) -> torch.Tensor:
-    """Row positions of each response's last token (the rollout never routed it): the last position of
-    every non-empty segment that does not start a unit (a unit starts with its prompt segment)."""
-    starts, ends = cu_segments[:-1].long().cpu(), cu_segments[1:].long().cpu()
-    response = ~torch.isin(starts, cu_seqlens[:-1].long().cpu()) & (ends > starts)
-    return ends[response] - 1
+def unrouted_placeholder(routes: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, L, k) experts 0..k-1 for tokens the rollout never routed (their MoE output is never read)."""
+    return torch.arange(routes.shape[2], dtype=routes.dtype).expand(n, *routes.shape[1:])
 
 
 @dataclass
@@ -194,15 +193,14 @@ def _layer_post_hook(router: nn.Module):
     return hook
 
 
-def forward_kwargs(replay: RouterReplay | None, routes: torch.Tensor | None, cu_seqlens: torch.Tensor,
-                   cu_segments: torch.Tensor) -> dict:
+def forward_kwargs(replay: RouterReplay | None, routes: torch.Tensor | None, counted: torch.Tensor | None) -> dict:
     """`replay.forward_kwargs(...)`, refusing routes for a model without MoE layers."""
     if routes is None:
         return {}
     if replay is None:
         raise ValueError("routes were given for a model without MoE layers: router replay (rollout.router_replay) "
                          "needs an MoE model")
-    return replay.forward_kwargs(routes, unrouted_positions(cu_seqlens, cu_segments))
+    return replay.forward_kwargs(routes, counted)
 
 
 @dataclass
@@ -237,16 +235,17 @@ class RouterReplay:
         model._golong_router_replay = replay
         return replay
 
-    def forward_kwargs(self, routes: torch.Tensor | None, unrouted: torch.Tensor) -> dict:
-        """Decoder kwargs that replay `routes` (T, L, k) on a packed row whose positions `unrouted` the
-        rollout never routed ({} when routes is None); with `apply` False they only count agreement."""
+    def forward_kwargs(self, routes: torch.Tensor | None, counted: torch.Tensor) -> dict:
+        """Decoder kwargs that replay `routes` (T, L, k) on a packed row (or this rank's shard of it) whose
+        tokens `counted` (T,) the rollout routed ({} when routes is None); with `apply` False they only
+        count agreement."""
         if routes is None:
             return {}
         if routes.dim() != 3 or routes.shape[1:] != (self.num_layers, self.top_k):
             raise ValueError(f"routes have shape {tuple(routes.shape)}, expected (tokens, {self.num_layers}, "
                              f"{self.top_k}): (tokens, decoder layers, experts per token)")
-        counted = torch.ones(routes.shape[0], dtype=torch.bool)
-        counted[unrouted] = False  # a response's last token: the rollout never routed it
+        if counted.shape != routes.shape[:1]:
+            raise ValueError(f"routes_counted has shape {tuple(counted.shape)}, expected ({routes.shape[0]},)")
         return {ROUTES_KWARG: Replay(routes=routes, counted=counted, apply=self.apply, agreement=self.agreement)}
 
 

@@ -184,6 +184,7 @@ class ShardedMicroBatch:
 
 
 ROW_KEYS = ("input_ids", "position_ids")  # (1, T) tensors split along the row
+ROUTE_KEYS = ("routes", "routes_counted")  # (T, ...) per row token (MoE router replay), split along the row
 RESPONSE_KEYS = ("logit_positions", "labels")  # (R,) per response token, selected by predicting position
 
 
@@ -208,6 +209,11 @@ def pad_inputs(inputs: dict, multiple: int) -> dict:
         cu_segments = inputs["cu_segments"].clone()
         cu_segments[-1] += pad
         padded["cu_segments"] = cu_segments
+    if inputs.get("routes") is not None:  # router replay: fillers get placeholder experts, never counted
+        from golong.trainer.router_replay import unrouted_placeholder
+
+        padded["routes"] = torch.cat([inputs["routes"], unrouted_placeholder(inputs["routes"], pad)])
+        padded["routes_counted"] = torch.cat([inputs["routes_counted"], inputs["routes_counted"].new_zeros(pad)])
     return padded
 
 
@@ -215,7 +221,8 @@ def shard_inputs(inputs: dict, layout: SPLayout) -> ShardedMicroBatch:
     """Shard `layout.rank` of a packed row's forward kwargs (the same on every rank of the SP group,
     the row a multiple of sp tokens long, see `pad_inputs`):
 
-    - ROW_KEYS: this shard's T/sp consecutive tokens;
+    - ROW_KEYS (and ROUTE_KEYS, MoE router replay's per-token routes): this shard's T/sp consecutive tokens
+      (the MoE layers run on the shard's own tokens, outside the attention's all-to-all);
     - RESPONSE_KEYS: the response tokens whose predicting position lies in the shard, logit positions
       shifted into it; labels come from the full row, so a response token whose predicting position
       is the shard's last one has its label although the token itself sits in the next shard;
@@ -230,6 +237,7 @@ def shard_inputs(inputs: dict, layout: SPLayout) -> ShardedMicroBatch:
     positions = inputs["logit_positions"]
     owned = (positions >= start) & (positions < start + width)  # (R,)
     shard = {**inputs, **{k: inputs[k][:, start:start + width] for k in ROW_KEYS},
+             **{k: inputs[k][start:start + width] for k in ROUTE_KEYS if inputs.get(k) is not None},
              **{k: inputs[k][owned] for k in RESPONSE_KEYS}}
     shard["logit_positions"] = shard["logit_positions"] - start
     return ShardedMicroBatch(inputs=shard, owned=owned, row_tokens=row, group=layout.group)
