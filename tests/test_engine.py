@@ -64,7 +64,9 @@ def test_split_invariance_one_rank_four_micro_batches_vs_two_ranks_two_each(tiny
         assert step_a["loss"] == pytest.approx(step_b["loss"], rel=1e-5, abs=1e-7)
         assert step_a["masked"] == step_b["masked"] > 0  # IcePop masked some tokens
     assert a["history"][1]["clipped"] > 0  # the second update ran off-policy: clipping engaged
-    assert max_diff(a["weights"], b["weights"]) < 1e-5  # lr 1e-3: updates are ~1e-3
+    # lr 1e-3: updates are ~1e-3. Adam divides by sqrt(v) + eps, so a weight whose gradient is near 0 turns a
+    # reduction-order difference of float32 rounding into ~1e-5 (measured 1.03e-5 on a 2-core x86 machine).
+    assert max_diff(a["weights"], b["weights"]) < 3e-5
 
 
 @pytest.mark.slow

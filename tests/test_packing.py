@@ -172,4 +172,7 @@ def test_packed_gradient_equals_one_by_one(models):
     alone_grads = dict(alone_model.named_parameters())
     for name, p in packed_model.named_parameters():
         expected = alone_grads[name].grad
-        assert torch.allclose(p.grad, expected, atol=1e-6, rtol=1e-4), name
+        # fp32 sums in a different order: error relative to the tensor's scale (the tied embedding's gradient
+        # reaches ~13, where one rounding step is ~1e-6)
+        err = (p.grad - expected).abs().max().item()
+        assert err <= 1e-6 + 1e-5 * expected.abs().max().item(), (name, err)
