@@ -126,7 +126,7 @@ def test_a_node_left_alone_fails_naming_the_rendezvous_address():
     """`make train-4b` on node 0 of 2 with no node 1: torchrun gives up after RDZV_TIMEOUT and golong's hint
     names MASTER_ADDR and MASTER_PORT (the recipe never starts: the rendezvous comes first)."""
     port = free_port()
-    proc = subprocess.run(["make", "-s", "train-4b", "NNODES=2", "NODE_RANK=0", "NPROC_PER_NODE=1",
+    proc = subprocess.run(["make", "-s", "-o", "install", "train-4b", "NNODES=2", "NODE_RANK=0", "NPROC_PER_NODE=1",
                            "MASTER_ADDR=127.0.0.1", f"MASTER_PORT={port}", "RDZV_TIMEOUT=5"],
                           capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, **ENV})
     assert proc.returncode != 0
