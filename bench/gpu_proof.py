@@ -15,7 +15,7 @@ one leaves the others' figures; each flushes its JSON after every measurement:
              (baseline in the same run: its time, memory and max |difference| of log-probs and gradients).
   attention  one packed bf16 row of several sequences through a shortened Qwen3-4B: golong's CUDA varlen
              attention vs per-sequence SDPA on the same row vs each sequence run alone (max |difference|
-             of response log-probs, and time); the prompt-once attention if this checkout has one.
+             of response log-probs, and time); prompt-once groups (flex block mask) vs replicated packing.
   train_step one packed bf16 training step through golong's PolicyEngine (DeepSpeed ZeRO-3 on 1 GPU,
              gradient checkpointing) for the full Qwen3-4B shape at 16K and 32K tokens per micro-batch:
              tokens/s, MFU, peak memory. MFU = 6 x N x tokens / step seconds / 989e12, N = all parameters
@@ -66,6 +66,7 @@ SHAPES = {
     "attention_layers": (4, 2),
     "attention_lengths": ([6144, 3072, 1536, 512, 4096], [96, 48, 24, 8, 64]),  # prompt+response, packed in one row
     "attention_response": (512, 8),
+    "prompt_once_group": ((16384, 8, 1024), (48, 4, 6)),  # (prompt tokens, responses, tokens per response)
     "train_tokens": ([16384, 32768], [256, 512]),
     "train_sequences": (8, 4),  # sequences per packed micro-batch
     "long_lengths": ([65536, 131072, 180224], [256, 512, 1024]),
@@ -350,13 +351,55 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
     else:
         rec.put("torch_varlen_packed", {"skipped": f"needs CUDA and torch.nn.attention.varlen (device {dev}, "
                                                    f"choice {cuda_attention_choice() if dev.type == 'cuda' else 'n/a'})"})
-    # The prompt-once attention (one prompt, its G responses attending to it) is built on another branch;
-    # its entry point is looked up by name so this section runs on checkouts with and without it.
-    module = importlib.import_module("golong.trainer.attention")
-    names = sorted(n for n in dir(module) if "prompt" in n.lower() or "shared" in n.lower())
-    rec.put("prompt_once", {"skipped": "no prompt-once attention in this checkout" if not names else
-                            f"found {names}: not measured by this version of the script; add its comparison "
-                            "(prompt-once vs per-response runs: max |diff| of log-probs, time vs replicated packing)"})
+    # Prompt-once groups: one prompt and its G responses in one unit, each response attending to the prompt
+    # and to itself. CUDA: golong's flex_attention block mask (attention.FLEX_PROMPT_ONCE); --tiny on CPU:
+    # the exact SDPA path (PER_SEQUENCE). Compared with each prompt + response run alone (error), and
+    # timed against the replicated packing that runs the prompt once per response.
+    from golong.trainer.batch import TrainSample, pack, pack_units
+
+    prompt_len, group, response = shape("prompt_once_group", tiny)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=g).tolist()
+    grouped = [TrainSample(prompt_ids=prompt, advantage=1.0, group_id=0,
+                           response_ids=torch.randint(0, config.vocab_size, (response,), generator=g).tolist())
+               for _ in range(group)]
+    unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
+    once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
+
+    @torch.no_grad()
+    def group_logprobs(batch, name: str):
+        set_attention(name)
+        kwargs = packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen, batch.cu_segments)
+        if name == attn.FLEX_PROMPT_ONCE:
+            kwargs["segment_block_mask"] = attn.prompt_once_block_mask(batch.cu_seqlens, batch.cu_segments,
+                                                                        batch.num_tokens)
+        sync(dev)
+        start = time.perf_counter()
+        hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                             **kwargs).last_hidden_state
+        logp = token_logprobs(hidden[0, batch.logit_positions], head, batch.labels)
+        sync(dev)
+        return logp.float(), time.perf_counter() - start
+
+    try:
+        group_logprobs(unit, once_name)  # warm-up (flex compiles its kernel)
+        once, once_s = group_logprobs(unit, once_name)
+        replicated_name = attn.TORCH_VARLEN if dev.type == "cuda" and cuda_attention_choice() == "torch_varlen" \
+            else attn.PER_SEQUENCE
+        group_logprobs(replicated, replicated_name)
+        rep, rep_s = group_logprobs(replicated, replicated_name)
+        rec.put("prompt_once", {
+            "attention": once_name, "prompt_tokens": prompt_len, "responses": group, "response_tokens": response,
+            "row_tokens": unit.num_tokens, "replicated_row_tokens": replicated.num_tokens,
+            "seconds": round(once_s, 4), "replicated_seconds": round(rep_s, 4), "replicated_attention": replicated_name,
+            "speedup_vs_replicated": round(rep_s / max(once_s, 1e-9), 2),
+            "max_abs_diff_vs_replicated": float((once - rep).abs().max()),
+            "mean_abs_diff_vs_replicated": float((once - rep).abs().mean())})
+    except Exception as e:  # recorded, so the other figures of this section still come back
+        if not is_oom(e):
+            rec.put("prompt_once", {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+        else:
+            rec.put("prompt_once", {"error": f"OOM: {str(e)[:300]}"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,13 +427,14 @@ def prepare_model(out_dir: str, tiny: bool) -> str:
 
 
 def policy_engine(model_dir: str, tiny: bool, checkpointing: bool = True):
+    """One response per packed sequence (trainer.share_prompt off): the varlen kernels' layout."""
     from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
     from golong.trainer.engine import PolicyEngine
 
     attention = "per_sequence" if tiny else cuda_attention_choice()
     model_cfg = ModelConfig(path=model_dir, dtype="float32" if tiny else "bfloat16", attention=attention,
                             gradient_checkpointing=checkpointing)
-    trainer_cfg = TrainerConfig(lr=1e-6, warmup_steps=0, weight_decay=0.1)
+    trainer_cfg = TrainerConfig(lr=1e-6, warmup_steps=0, weight_decay=0.1, share_prompt=False)
     return PolicyEngine(model_cfg, trainer_cfg, PolicyLossConfig(), IcePopConfig(mode="off"), 1.0), attention
 
 

@@ -64,7 +64,9 @@ def test_tiny_run_writes_every_sections_figures(tmp_path):
     assert att["per_sequence_packed"]["seconds"] > 0 and att["separate_sdpa"]["seconds"] > 0
     assert att["per_sequence_packed"]["max_abs_diff_vs_separate"] < 1e-4  # packing changes nothing
     assert "needs CUDA" in att["torch_varlen_packed"]["skipped"]
-    assert "skipped" in att["prompt_once"]
+    once = att["prompt_once"]  # one prompt + 4 responses computed once vs replicated per response
+    assert once["row_tokens"] == 48 + 4 * 6 and once["replicated_row_tokens"] == 4 * (48 + 6)
+    assert once["max_abs_diff_vs_replicated"] < 1e-4 and once["seconds"] > 0
 
     train = sections["train_step"]
     assert train["setup"]["parameters"] > 0 and train["setup"]["zero_stage"] == 3
