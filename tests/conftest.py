@@ -16,6 +16,17 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test sees the environment the session started with: a test that joins a world of one in-process
+    (init_world sets RANK/WORLD_SIZE, as DeepSpeed needs) must not make a later config validation believe
+    it runs under torchrun with WORLD_SIZE=1."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
     """A tiny Qwen3 model + tokenizer folder that transformers and vLLM load."""

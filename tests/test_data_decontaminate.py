@@ -107,5 +107,5 @@ def test_missing_question_names_file_row_and_field(tmp_path, capsys):
     bench = write_jsonl(tmp_path / "bench.jsonl", [{"question": "a b c"}, {"text": "no question"}])
     train = write_jsonl(tmp_path / "train.jsonl", [{"question": "x"}])
     code = data_main(["decontaminate", "--train", train, "--bench", bench, "--out", str(tmp_path / "o.jsonl")])
-    assert code == 1
+    assert code == 2  # a user error: one line, exit status 2 (the CLI's one error path)
     assert f"{bench}: row 2: field `question`" in capsys.readouterr().err
