@@ -11,7 +11,7 @@ from deepspeed.utils import safe_get_full_grad
 from transformers import AutoModelForCausalLM
 
 from engine_common import random_samples
-from golong.trainer.attention import packed_attention_kwargs
+from golong.trainer.attention import PER_SEQUENCE, packed_attention_kwargs
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.engine import LogProbModel, PolicyEngine
@@ -22,12 +22,13 @@ MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
 
 # Loaded before the engine: while a ZeRO-3 engine lives, from_pretrained builds sharded models.
 reference = LogProbModel(AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32,
-                                                              attn_implementation="sdpa"), 1.0, 64)
+                                                              attn_implementation=PER_SEQUENCE), 1.0, 64)
 samples = random_samples([(5, 7, 1.0), (9, 3, -1.0), (6, 4, -0.5)], seed=0)
 with_own, with_foreign = [], []
 for s in samples:
     ids = torch.tensor([s.prompt_ids + s.response_ids[:-1]])
-    own = own_routes(reference.model, ids)  # (P+R-1, L, k)
+    n = ids.shape[1]
+    own = own_routes(reference.model, ids, **packed_attention_kwargs(torch.tensor([0, n], dtype=torch.int32), n))  # (P+R-1, L, k)
     with_own.append(dataclasses.replace(s, routes=own))
     with_foreign.append(dataclasses.replace(s, routes=((own.long() + 3) % 8).to(own.dtype)))
 mb_plain, mb_own, mb_foreign = pack(samples), pack(with_own), pack(with_foreign)
@@ -35,7 +36,8 @@ denom = LossDenominator.build(samples, "token-mean")
 
 # plain transformers replaying the foreign routes on the packed row: log-probs and the loss's gradient
 ref_logp = reference(mb_foreign.input_ids, mb_foreign.position_ids, mb_foreign.cu_seqlens, mb_foreign.max_seqlen,
-                     mb_foreign.cu_segments, mb_foreign.logit_positions, mb_foreign.labels, routes=mb_foreign.routes)
+                     mb_foreign.cu_segments, mb_foreign.logit_positions, mb_foreign.labels, routes=mb_foreign.routes,
+                     routes_counted=mb_foreign.routes_counted)
 loss, _ = policy_loss(ref_logp, ref_logp.detach(), None, mb_foreign.advantages, mb_foreign.loss_mask,
                       mb_foreign.seq_index, PolicyLossConfig(), IcePopConfig(mode="off"), denom)
 loss.backward()
