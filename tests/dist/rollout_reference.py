@@ -26,3 +26,13 @@ def token_logprobs(model, prompt: list[int], response: list[int], temperature: f
     ids = torch.tensor([prompt + response])
     logits = model(ids).logits[0, len(prompt) - 1: -1].double() / temperature
     return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+@torch.no_grad()
+def greedy_gap(model, prompt: list[int], tokens: list[int]) -> float:
+    """How far `tokens` (e.g. vLLM's greedy continuation) are from greedy under `model`: the largest gap, over
+    positions, between the best logit and the chosen token's logit, teacher-forced on `tokens`. 0 when
+    every token is the argmax; a bf16 engine may pick the other side of a near-tie (a gap of ~1e-3)."""
+    ids = torch.tensor([prompt + tokens])
+    logits = model(ids).logits[0, len(prompt) - 1: -1]
+    return (logits.max(-1).values - logits.gather(-1, torch.tensor(tokens)[:, None])[:, 0]).max().item()
