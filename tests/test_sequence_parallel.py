@@ -186,12 +186,12 @@ def test_sp2_groups_equal_one_rank(one_rank, tiny_model_path, tmp_path, nproc):
                  timeout=1200)
     a, b = one_rank, torch.load(out, weights_only=True)
     assert a["layout"] == [1, 1] and b["layout"] == [2, nproc // 2]
-    assert a["logps"].keys() == b["logps"].keys() == set(range(6))
+    assert a["logps"].keys() == b["logps"].keys() == set(range(9))
     for i in a["logps"]:
         assert relative(b["logps"][i], a["logps"][i]) <= 1e-5
         assert relative(b["entropies"][i], a["entropies"][i]) <= 1e-5
     for step_a, step_b in zip(a["history"], b["history"]):
-        assert step_b["denominator"] == step_a["denominator"] == 6  # responses, counted once per SP group
+        assert step_b["denominator"] == step_a["denominator"] == 9  # responses, counted once per SP group
         assert step_b["tokens"] == step_a["tokens"] and step_b["sequences"] == step_a["sequences"]
         assert step_b["masked"] == step_a["masked"]
         for key in ("loss", "entropy", "grad_norm"):
@@ -201,12 +201,13 @@ def test_sp2_groups_equal_one_rank(one_rank, tiny_model_path, tmp_path, nproc):
     lr, flipped = 1e-3, 0
     for name, grad in a["grads"].items():
         assert relative(b["grads"][name], grad) <= 1e-5, name
-        # AdamW's first update is ~lr * sign(g): on components whose gradient is rounding noise
-        # (|g| < 1e-5 of the tensor's largest) it turns the noise into +-lr. Everywhere else the
-        # weights agree to 1e-5 of the tensor's scale; the noise components differ by at most 2 lr.
+        # AdamW's first update is ~lr * sign(g): on components whose gradient is rounding noise (|g| < 1e-3
+        # of the tensor's largest, where a sum that cancels keeps only rounding) it turns the noise into
+        # +-lr. Everywhere else the weights agree to 1e-5 of the tensor's scale; the noise components
+        # differ by at most 2 lr, and there are few of them.
         scale = a["weights"][name].abs().max()
         gap = (b["weights"][name] - a["weights"][name]).abs()
-        noise = grad.abs() < 1e-5 * grad.abs().max()
+        noise = grad.abs() < 1e-3 * grad.abs().max()
         assert (gap[~noise] <= 1e-5 * scale).all(), name
         assert (gap[noise] <= 2.001 * lr).all(), name
         flipped += int((gap[noise] > 1e-5 * scale).sum())

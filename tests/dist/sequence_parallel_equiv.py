@@ -11,6 +11,8 @@ Micro-batches (sample indices) and what they exercise at sp = 2:
   [4]     5 + 5 tokens: the prompt ends the first shard, so the first response token sits in the next one
   [5]     7 + 3 tokens: every response token is predicted in the second shard; the first has none
   []      a zero-weight filler micro-batch (2 tokens, one per shard)
+  [6 7 8] one prompt-once unit: a 7-token prompt and its 3 responses (3, 1, 4 tokens), 15 tokens with
+          one filler; the prompt and the first response span the shard edge
 """
 import sys
 
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
 
 from engine_common import gathered_weights, random_samples
-from golong.trainer.batch import pack
+from golong.trainer.batch import pack_units
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.world import init_world
 from golong.trainer.engine import PolicyEngine
@@ -28,8 +30,9 @@ from golong.trainer.sequence_parallel import counted_once
 
 MODEL_DIR, OUT_FILE, SP = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ZERO_STAGE = int(sys.argv[4]) if len(sys.argv) > 4 else 3
-SHAPES = [(5, 7, 1.0), (9, 4, -1.0), (3, 3, 0.5), (4, 2, -0.5), (5, 5, 1.5), (7, 3, -1.5)]
-MICRO_BATCHES = [[0, 1], [2, 3], [4], [5], []]
+SHAPES = [(5, 7, 1.0), (9, 4, -1.0), (3, 3, 0.5), (4, 2, -0.5), (5, 5, 1.5), (7, 3, -1.5),
+          (7, 3, 1.0), (7, 1, -1.0), (7, 4, 0.5)]  # 6-8 share one prompt (below)
+MICRO_BATCHES = [[[0], [1]], [[2], [3]], [[4]], [[5]], [], [[6, 7, 8]]]  # micro-batches of units of samples
 LOSS = PolicyLossConfig(agg_mode="seq-mean-token-mean", entropy_coef=0.01)
 ICEPOP = IcePopConfig(mode="mask", veto=1e-3)
 
@@ -39,12 +42,15 @@ engine = PolicyEngine(ModelConfig(path=MODEL_DIR),
                       LOSS, ICEPOP, temperature=0.9)
 layout = engine.sp
 samples = random_samples(SHAPES, seed=5, rollout_noise=0.7)
+for i in (7, 8):  # one prompt group, packed prompt-once
+    samples[i].prompt_ids = samples[6].prompt_ids
 # the global micro-batches spread over the SP groups (dp = world / sp) with the same planner shape as
 # the loop: group g gets micro-batches g, g + dp, ... (plus fillers so every group runs as many)
 per_group = [MICRO_BATCHES[g::layout.dp_size] for g in range(layout.dp_size)]
 count = max(map(len, per_group))
 mine = per_group[layout.dp_rank] + [[]] * (count - len(per_group[layout.dp_rank]))
-micro_batches = [pack([samples[i] for i in mb]) for mb in mine]
+micro_batches = [pack_units([[samples[i] for i in unit] for unit in mb]) for mb in mine]
+mine = [[i for unit in mb for i in unit] for mb in mine]  # each micro-batch's samples, in row order
 my_samples = [samples[i] for mb in mine for i in mb]
 
 
