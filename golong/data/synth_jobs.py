@@ -415,6 +415,22 @@ def run_llm_job(
     return counts + client.error_responses
 
 
+def rows_with_unique_ids(path: str, id_of: Callable[[int, dict], str], what: str, why: str) -> Iterator[tuple[int, str, dict]]:
+    """(row number, id, row) of every row of `path`; a bad row or a repeated id stops the job (DataError)."""
+    from golong.data.rowio import read_rows
+    from golong.data.schema import DataError
+
+    seen = set()
+    for row_no, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        row_id = id_of(row_no, row)
+        if row_id in seen:
+            raise DataError(path, row_no, "id", f"repeats {row_id!r}; {what} ids must be unique ({why})")
+        seen.add(row_id)
+        yield row_no, row_id, row
+
+
 def strip_reasoning(text: str) -> str:
     """A thinking model's reply without its reasoning block (the text after the last </think>)."""
     close = text.rfind("</think>")

@@ -35,6 +35,7 @@ from golong.data.synth_jobs import (
     ResumableOutput,
     UnitResult,
     common_summary,
+    rows_with_unique_ids,
     run_llm_job,
     strip_reasoning,
 )
@@ -350,21 +351,14 @@ def parse_reply(text: str, doc: dict, sub: SubtaskPrompt, reward_type: str, mode
 
 
 def read_documents(path: str, text_field: str):
-    """Yield (id, {"id", "text", "source"}) per document; a row without its text is a ValueError."""
-    from golong.data.rowio import read_rows
+    """Yield (id, {"id", "text", "source"}) per document; a row without its text is a DataError."""
     from golong.data.schema import DataError
 
-    seen = set()
-    for row_no, row in read_rows(path):
-        if isinstance(row, DataError):
-            raise row
+    for row_no, doc_id, row in rows_with_unique_ids(path, lambda no, row: str(row.get("id", no)), "document",
+                                                    "resuming needs them"):
         text = row.get(text_field, row.get("context") if text_field == "text" else None)
         if not isinstance(text, str) or not text.strip():
             raise DataError(path, row_no, text_field, "missing or empty document text (use --text-field to name it)")
-        doc_id = str(row.get("id", row_no))
-        if doc_id in seen:
-            raise DataError(path, row_no, "id", f"repeats {doc_id!r}; document ids must be unique (resuming needs them)")
-        seen.add(doc_id)
         yield doc_id, {"id": doc_id, "text": text, "source": str(row.get("source") or os.path.basename(path))}
 
 

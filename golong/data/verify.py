@@ -22,6 +22,7 @@ from golong.data.synth_jobs import (
     ResumableOutput,
     UnitResult,
     common_summary,
+    rows_with_unique_ids,
     run_llm_job,
     strip_reasoning,
 )
@@ -97,21 +98,16 @@ def verification_prompt(row: dict, template: str, reply_format: str) -> str:
 
 
 def read_qa(path: str):
-    """Yield (id, row) per QA row; a row without id, context or question is a ValueError."""
-    from golong.data.rowio import read_rows
+    """Yield (id, row) per QA row; a row without id, context, question or answer is a DataError."""
     from golong.data.schema import DataError
 
-    seen = set()
-    for row_no, row in read_rows(path):
-        if isinstance(row, DataError):
-            raise row
+    def id_of(row_no: int, row: dict) -> str:
         for name in ("id", "context", "question", "answer"):
             if row.get(name) is None:
                 raise DataError(path, row_no, name, "missing (verify reads native QA rows)")
-        row_id = str(row["id"])
-        if row_id in seen:
-            raise DataError(path, row_no, "id", f"repeats {row_id!r}; row ids must be unique (resuming relies on them)")
-        seen.add(row_id)
+        return str(row["id"])
+
+    for _, row_id, row in rows_with_unique_ids(path, id_of, "row", "resuming relies on them"):
         yield row_id, row
 
 
