@@ -308,13 +308,18 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
                 module.config._attn_implementation = name
 
     @torch.no_grad()
-    def packed_logprobs(name: str):
+    def row_logprobs(batch, name: str):
+        """Response log-probs of a packed row under attention `name`, and the seconds they took."""
         set_attention(name)
+        kwargs = packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen, batch.cu_segments)
+        if name == attn.FLEX_PROMPT_ONCE:
+            kwargs["segment_block_mask"] = attn.prompt_once_block_mask(batch.cu_seqlens, batch.cu_segments,
+                                                                        batch.num_tokens)
         sync(dev)
         start = time.perf_counter()
-        hidden = model.model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False,
-                             **packed_attention_kwargs(mb.cu_seqlens, mb.max_seqlen)).last_hidden_state
-        logp = token_logprobs(hidden[0, mb.logit_positions], head, mb.labels)
+        hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                             **kwargs).last_hidden_state
+        logp = token_logprobs(hidden[0, batch.logit_positions], head, batch.labels)
         sync(dev)
         return logp.float(), time.perf_counter() - start
 
@@ -333,16 +338,16 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
         sync(dev)
         return torch.cat(out).float(), time.perf_counter() - start
 
-    packed_logprobs(attn.PER_SEQUENCE)  # warm-up (kernels, allocator)
+    row_logprobs(mb, attn.PER_SEQUENCE)  # warm-up (kernels, allocator)
     reference, reference_s = one_by_one()
-    per_seq, per_seq_s = packed_logprobs(attn.PER_SEQUENCE)
+    per_seq, per_seq_s = row_logprobs(mb, attn.PER_SEQUENCE)
     rec.put("separate_sdpa", {"seconds": round(reference_s, 4)})
     rec.put("per_sequence_packed", {"seconds": round(per_seq_s, 4),
                                     "max_abs_diff_vs_separate": float((per_seq - reference).abs().max()),
                                     "mean_abs_diff_vs_separate": float((per_seq - reference).abs().mean())})
     if dev.type == "cuda" and cuda_attention_choice() == "torch_varlen":
-        packed_logprobs(attn.TORCH_VARLEN)  # warm-up
-        varlen, varlen_s = packed_logprobs(attn.TORCH_VARLEN)
+        row_logprobs(mb, attn.TORCH_VARLEN)  # warm-up
+        varlen, varlen_s = row_logprobs(mb, attn.TORCH_VARLEN)
         rec.put("torch_varlen_packed", {"seconds": round(varlen_s, 4),
                                         "max_abs_diff_vs_per_sequence": float((varlen - per_seq).abs().max()),
                                         "mean_abs_diff_vs_per_sequence": float((varlen - per_seq).abs().mean()),
@@ -366,28 +371,13 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
     unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
     once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
 
-    @torch.no_grad()
-    def group_logprobs(batch, name: str):
-        set_attention(name)
-        kwargs = packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen, batch.cu_segments)
-        if name == attn.FLEX_PROMPT_ONCE:
-            kwargs["segment_block_mask"] = attn.prompt_once_block_mask(batch.cu_seqlens, batch.cu_segments,
-                                                                        batch.num_tokens)
-        sync(dev)
-        start = time.perf_counter()
-        hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                             **kwargs).last_hidden_state
-        logp = token_logprobs(hidden[0, batch.logit_positions], head, batch.labels)
-        sync(dev)
-        return logp.float(), time.perf_counter() - start
-
     try:
-        group_logprobs(unit, once_name)  # warm-up (flex compiles its kernel)
-        once, once_s = group_logprobs(unit, once_name)
+        row_logprobs(unit, once_name)  # warm-up (flex compiles its kernel)
+        once, once_s = row_logprobs(unit, once_name)
         replicated_name = attn.TORCH_VARLEN if dev.type == "cuda" and cuda_attention_choice() == "torch_varlen" \
             else attn.PER_SEQUENCE
-        group_logprobs(replicated, replicated_name)
-        rep, rep_s = group_logprobs(replicated, replicated_name)
+        row_logprobs(replicated, replicated_name)
+        rep, rep_s = row_logprobs(replicated, replicated_name)
         rec.put("prompt_once", {
             "attention": once_name, "prompt_tokens": prompt_len, "responses": group, "response_tokens": response,
             "row_tokens": unit.num_tokens, "replicated_row_tokens": replicated.num_tokens,
