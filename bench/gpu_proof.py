@@ -16,13 +16,20 @@ one leaves the others' figures; each flushes its JSON after every measurement:
   attention  one packed bf16 row of several sequences through a shortened Qwen3-4B: golong's CUDA varlen
              attention vs per-sequence SDPA on the same row vs each sequence run alone (max |difference|
              of response log-probs, and time); prompt-once groups (flex block mask) vs replicated packing.
-  train_step one packed bf16 training step through golong's PolicyEngine (DeepSpeed ZeRO-3 on 1 GPU,
-             gradient checkpointing) for the full Qwen3-4B shape at 16K and 32K tokens per micro-batch:
-             tokens/s, MFU, peak memory. MFU = 6 x N x tokens / step seconds / 989e12, N = all parameters
+  prompt_once_grad  the gradients of prompt-once training: one prompt and its responses as one unit (CUDA:
+             the flex block mask, compiled forward AND backward) vs the same responses packed one
+             prompt+response each through the exact per-sequence SDPA path; fp32, a 2-layer model of
+             Qwen3-4B's widths (vocab cut to 32K): max |difference| of log-probs and of every parameter's
+             gradient relative to that gradient's largest entry.
+  train_step one packed bf16 training step through golong's PolicyEngine on its default CUDA path
+             (trainer.share_prompt on, attention auto -> flex; DeepSpeed ZeRO-3 on 1 GPU, gradient
+             checkpointing) for the full Qwen3-4B shape at 16K and 32K tokens per micro-batch: tokens/s,
+             MFU, peak memory; then one group (8K prompt, 8 responses of 1K) trained as one prompt-once
+             unit vs replicated per response (time and tokens). MFU = 6 x N x tokens / step seconds / 989e12, N = all parameters
              (4.02e9), 989 TFLOP/s = H100/H200 dense bf16 peak; model FLOPs only: the attention's
              T^2 term and the recomputation of gradient checkpointing are not counted, so it understates
              the hardware's work.
-  long_seq   the longest single sequence one GPU trains for Qwen3-4B's shape (gradient checkpointing,
+  long_seq   the longest single sequence one GPU trains for Qwen3-4B's shape (varlen attention, gradient checkpointing,
              ZeRO-3 states on the same GPU): 64K, 128K, 176K tokens (16K of them response), stopping at the
              first OOM; peak memory and step time of each.
 
@@ -67,15 +74,19 @@ SHAPES = {
     "attention_lengths": ([6144, 3072, 1536, 512, 4096], [96, 48, 24, 8, 64]),  # prompt+response, packed in one row
     "attention_response": (512, 8),
     "prompt_once_group": ((16384, 8, 1024), (48, 4, 6)),  # (prompt tokens, responses, tokens per response)
+    "grad_group": ((2048, 4, 256), (40, 3, 5)),  # prompt-once gradient check: (prompt, responses, response tokens)
+    "grad_vocab": (32768, 512),
     "train_tokens": ([16384, 32768], [256, 512]),
     "train_sequences": (8, 4),  # sequences per packed micro-batch
+    "train_group": ((8192, 8, 1024), (64, 4, 16)),  # one prompt-once group: (prompt, responses, response tokens)
     "long_lengths": ([65536, 131072, 180224], [256, 512, 1024]),
     "long_response": (16384, 64),
 }
 
 # Seconds per section (the parent kills a section that runs over); the whole run stays under ~8 minutes.
-BUDGET_S = {"logprobs": 60, "attention": 60, "prepare_model": 90, "train_step": 120, "long_seq": 150}
-SECTIONS = ["logprobs", "attention", "train_step", "long_seq"]
+BUDGET_S = {"logprobs": 45, "attention": 60, "prompt_once_grad": 60, "prepare_model": 75, "train_step": 150,
+            "long_seq": 170}
+SECTIONS = ["logprobs", "attention", "prompt_once_grad", "train_step", "long_seq"]
 
 
 def shape(name: str, tiny: bool):
@@ -393,6 +404,65 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Section: gradients of prompt-once units (the flex block mask's backward on CUDA)
+
+
+def section_prompt_once_grad(rec: Recorder, tiny: bool) -> None:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from golong.trainer import attention as attn
+    from golong.trainer.attention import packed_attention_kwargs
+    from golong.trainer.batch import TrainSample, pack, pack_units
+    from golong.trainer.logprobs import token_logprobs
+
+    dev = device(tiny)
+    torch.manual_seed(0)
+    config = qwen3_config(tiny, layers=2, attn_implementation=attn.PER_SEQUENCE)
+    config.vocab_size = shape("grad_vocab", tiny)
+    with torch.device(dev):
+        model = Qwen3ForCausalLM(config).float().eval()  # eval: no dropout; gradients still flow
+    prompt_len, group, response = shape("grad_group", tiny)
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=g).tolist()
+    grouped = [TrainSample(prompt_ids=prompt, advantage=1.0, group_id=0,
+                           response_ids=torch.randint(0, config.vocab_size, (response,), generator=g).tolist())
+               for _ in range(group)]
+    unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
+    weights = torch.randn(unit.labels.numel(), generator=g).to(dev)  # a fixed per-token loss weight
+    once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
+    rec.put("setup", {"device": str(dev), "dtype": "float32", "layers": 2, "vocab": config.vocab_size,
+                      "prompt_tokens": prompt_len, "responses": group, "response_tokens": response,
+                      "unit_attention": once_name, "reference_attention": attn.PER_SEQUENCE + " (replicated rows)"})
+
+    def run(batch, name: str):
+        model.config._attn_implementation = name
+        model.zero_grad(set_to_none=True)
+        kwargs = packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen, batch.cu_segments)
+        sync(dev)
+        start = time.perf_counter()
+        hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                             **kwargs).last_hidden_state
+        logp = token_logprobs(hidden[0, batch.logit_positions], model.get_output_embeddings().weight, batch.labels)
+        (logp * weights).sum().backward()
+        sync(dev)
+        seconds = time.perf_counter() - start
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logp.detach(), grads, seconds
+
+    run(unit, once_name)  # warm-up: compiles flex's forward and backward kernels on CUDA
+    lp_once, g_once, once_s = run(unit, once_name)
+    lp_ref, g_ref, ref_s = run(replicated, attn.PER_SEQUENCE)
+    assert set(g_once) == set(g_ref), "the two paths must train the same parameters"
+    rel = {n: float((g_once[n] - g_ref[n]).abs().max() / g_ref[n].abs().max().clamp_min(1e-30)) for n in g_ref}
+    worst = max(rel, key=rel.get)
+    rec.put("result", {"max_abs_diff_logprobs": float((lp_once - lp_ref).abs().max()),
+                       "max_rel_grad_diff": rel[worst], "worst_parameter": worst, "parameters_compared": len(rel),
+                       "unit_row_tokens": unit.num_tokens, "replicated_row_tokens": replicated.num_tokens,
+                       "unit_seconds": round(once_s, 4), "replicated_seconds": round(ref_s, 4)})
+
+
+# ------------------------------------------------------------------------------------------------
 # Sections through golong's PolicyEngine (DeepSpeed ZeRO-3)
 
 
@@ -416,15 +486,19 @@ def prepare_model(out_dir: str, tiny: bool) -> str:
     return folder
 
 
-def policy_engine(model_dir: str, tiny: bool, checkpointing: bool = True):
-    """One response per packed sequence (trainer.share_prompt off): the varlen kernels' layout."""
+def policy_engine(model_dir: str, tiny: bool, checkpointing: bool = True, share_prompt: bool = False):
+    """golong's PolicyEngine on the model folder. share_prompt=False: one response per packed sequence, the varlen
+    kernel's layout. share_prompt=True: golong's default, prompt-once units (CUDA: attention auto -> flex)."""
     from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
     from golong.trainer.engine import PolicyEngine
 
-    attention = "per_sequence" if tiny else cuda_attention_choice()
+    if tiny:
+        attention = "per_sequence"
+    else:
+        attention = "flex" if share_prompt else cuda_attention_choice()
     model_cfg = ModelConfig(path=model_dir, dtype="float32" if tiny else "bfloat16", attention=attention,
                             gradient_checkpointing=checkpointing)
-    trainer_cfg = TrainerConfig(lr=1e-6, warmup_steps=0, weight_decay=0.1, share_prompt=False)
+    trainer_cfg = TrainerConfig(lr=1e-6, warmup_steps=0, weight_decay=0.1, share_prompt=share_prompt)
     return PolicyEngine(model_cfg, trainer_cfg, PolicyLossConfig(), IcePopConfig(mode="off"), 1.0), attention
 
 
@@ -446,12 +520,19 @@ def samples_for(total_tokens: int, sequences: int, vocab: int, seed: int, respon
     return out
 
 
-def train_once(engine, samples) -> dict:
-    """One optimizer step on one packed micro-batch; wall time measured around forward/backward + step."""
-    from golong.trainer.batch import pack
+def train_once(engine, samples, units: bool = False) -> dict:
+    """One optimizer step on one packed micro-batch; wall time measured around forward/backward + step.
+    units=True packs the samples as prompt-once units (one per group_id), else one prompt+response each."""
+    from golong.trainer.batch import pack, pack_units
     from golong.trainer.loss import LossDenominator
 
-    mb = pack(samples)
+    if units:
+        groups: dict = {}
+        for s in samples:
+            groups.setdefault(s.group_id, []).append(s)
+        mb = pack_units(list(groups.values()))
+    else:
+        mb = pack(samples)
     denom = LossDenominator.build(samples, "token-mean")
     sync(engine.device)
     start = time.perf_counter()
@@ -464,17 +545,32 @@ def train_once(engine, samples) -> dict:
             "grad_norm": float(step.grad_norm), "loss": float(stats.loss)}
 
 
+def group_samples(prompt_tokens: int, responses: int, response_tokens: int, vocab: int, seed: int):
+    """One prompt and its `responses` responses (one group), as TrainSamples."""
+    import torch
+
+    from golong.trainer.batch import TrainSample
+
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, vocab, (prompt_tokens,), generator=g).tolist()
+    return [TrainSample(prompt_ids=prompt, group_id=0, advantage=float(torch.randn(1, generator=g)),
+                        response_ids=torch.randint(0, vocab, (response_tokens,), generator=g).tolist())
+            for _ in range(responses)]
+
+
 def parameter_count(module) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
 
 
 def section_train_step(rec: Recorder, tiny: bool, model_dir: str) -> None:
-    engine, attention = policy_engine(model_dir, tiny)
+    """golong's default training path on CUDA: trainer.share_prompt on, attention auto -> flex (prompt-once
+    block mask), ZeRO-3, gradient checkpointing."""
+    engine, attention = policy_engine(model_dir, tiny, share_prompt=True)
     n_params = parameter_count(engine.module)
     vocab = engine.module.config.vocab_size
-    rec.put("setup", {"device": str(engine.device), "attention": attention, "parameters": n_params, "zero_stage": 3,
-                      "gradient_checkpointing": True, "peak_flops": PEAK_BF16_FLOPS,
-                      "mfu_formula": "6 * parameters * tokens / seconds / 989e12"})
+    rec.put("setup", {"device": str(engine.device), "attention": attention, "share_prompt": True,
+                      "parameters": n_params, "zero_stage": 3, "gradient_checkpointing": True,
+                      "peak_flops": PEAK_BF16_FLOPS, "mfu_formula": "6 * parameters * tokens / seconds / 989e12"})
     sequences = shape("train_sequences", tiny)
     warm = train_once(engine, samples_for(shape("train_tokens", tiny)[0], sequences, vocab, seed=99))
     rec.put("warmup_step", warm)
@@ -489,6 +585,15 @@ def section_train_step(rec: Recorder, tiny: bool, model_dir: str) -> None:
             result = {"tokens": tokens, "error": f"OOM: {str(e)[:300]}"}
         results.append(result)
         rec.put("steps", results)
+    # One group (a long prompt, G responses): the prompt once in one unit vs once per response.
+    prompt_tokens, responses, response_tokens = shape("train_group", tiny)
+    group = group_samples(prompt_tokens, responses, response_tokens, vocab, seed=7)
+    once = train_once(engine, group, units=True)
+    replicated = train_once(engine, group, units=False)
+    rec.put("prompt_once_step", {"prompt_tokens": prompt_tokens, "responses": responses,
+                                 "response_tokens": response_tokens, "once": once, "replicated": replicated,
+                                 "tokens_ratio": round(replicated["tokens"] / once["tokens"], 2),
+                                 "time_ratio_replicated_over_once": round(replicated["seconds"] / once["seconds"], 2)})
     engine.close()
 
 
@@ -555,6 +660,8 @@ def run_child(args) -> int:
             section_logprobs(rec, args.tiny)
         elif args.section == "attention":
             section_attention(rec, args.tiny)
+        elif args.section == "prompt_once_grad":
+            section_prompt_once_grad(rec, args.tiny)
         elif args.section == "prepare_model":
             rec.put("model_dir", prepare_model(args.work, args.tiny))
         elif args.section == "train_step":
@@ -671,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_proof_out"), help="result folder (default $OUT)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (tests)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
+    parser.add_argument("--budget", type=float, default=555.0, help="seconds for the whole run (default 555)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section's time box")
     parser.add_argument("--time-box", action="append", default=[], metavar="SECTION=SECONDS",
                         help="override one section's time box, e.g. long_seq=200")

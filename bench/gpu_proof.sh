@@ -12,7 +12,7 @@
 set -u
 OUT=${OUT:-gpu_proof_out}
 mkdir -p "$OUT"
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 if compgen -G "bench/wheels/*.whl" > /dev/null; then
   "$PY" -m pip install --no-index --no-deps --find-links bench/wheels bench/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || echo "pip install of the carried wheels failed (see $OUT/pip.log)"

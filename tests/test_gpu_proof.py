@@ -68,8 +68,12 @@ def test_tiny_run_writes_every_sections_figures(tmp_path):
     assert once["row_tokens"] == 48 + 4 * 6 and once["replicated_row_tokens"] == 4 * (48 + 6)
     assert once["max_abs_diff_vs_replicated"] < 1e-4 and once["seconds"] > 0
 
+    grad = sections["prompt_once_grad"]["result"]  # prompt-once unit vs replicated rows: same log-probs, gradients
+    assert grad["parameters_compared"] == 2 * 11 + 2 and grad["unit_row_tokens"] == 40 + 3 * 5
+    assert grad["max_abs_diff_logprobs"] < 1e-5 and grad["max_rel_grad_diff"] < 1e-4
+
     train = sections["train_step"]
-    assert train["setup"]["parameters"] > 0 and train["setup"]["zero_stage"] == 3
+    assert train["setup"]["parameters"] > 0 and train["setup"]["zero_stage"] == 3 and train["setup"]["share_prompt"]
     assert [s["tokens"] for s in train["steps"]] == [256, 512]
     for s in train["steps"]:
         assert s["tokens_per_s"] > 0 and 0 < s["mfu"] < 1 and s["peak_memory_gib"] > 0
@@ -77,13 +81,17 @@ def test_tiny_run_writes_every_sections_figures(tmp_path):
                                          rel=1e-2, abs=1e-4)
         assert finite(s["grad_norm"]) and s["grad_norm"] > 0
 
+    once = train["prompt_once_step"]  # one group as one unit vs replicated per response
+    assert once["once"]["tokens"] == 64 + 4 * 16 and once["replicated"]["tokens"] == 4 * (64 + 16)
+    assert once["once"]["loss"] == pytest.approx(once["replicated"]["loss"], rel=1e-4)
+
     long = sections["long_seq"]
     assert [r["tokens"] for r in long["lengths"]] == [256, 512, 1024]
     assert all(r["fits"] and r["peak_memory_gib"] > 0 and r["seconds"] > 0 for r in long["lengths"])
     assert long["longest_trained_tokens"] == 1024
 
     text = (out / "gpu_proof.txt").read_text()
-    for name in ("logprobs", "attention", "train_step", "long_seq"):
+    for name in ("logprobs", "attention", "prompt_once_grad", "train_step", "long_seq"):
         assert f"[{name}] ok" in text
 
 

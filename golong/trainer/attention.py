@@ -118,9 +118,33 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
         raise NotImplementedError(f"{TORCH_VARLEN} attention supports neither dropout nor sliding windows")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
     cu = cu_seq_lens_q.to(torch.int32)
-    out = varlen_attn(q, k, v, cu, cu_seq_lens_k.to(torch.int32), max_length_q, max_length_k,
-                      scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
+    out = _call_varlen(varlen_attn, q, k, v, cu, cu_seq_lens_k.to(torch.int32), max_length_q, max_length_k, scaling)
     return out.unsqueeze(0), None
+
+
+def _call_varlen(varlen_attn, q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """Causal varlen attention across torch versions. torch >= 2.12 takes keyword-only `scale`,
+    `window_size` ((-1, 0) = causal) and `enable_gqa`; the first release of the API (torch 2.10/2.11) takes
+    `is_causal` and neither a scale (it uses 1/sqrt(D)) nor GQA (key/value heads repeated here)."""
+    params = _varlen_parameters(varlen_attn)
+    if "window_size" in params:
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0),
+                           enable_gqa=q.shape[1] != k.shape[1])
+    if k.shape[1] != q.shape[1]:  # (T, Hkv, D) -> (T, Hq, D): query head h reads key/value head h // (Hq / Hkv)
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    kwargs = {}
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-6 * scale:
+        q = q * (scale * q.shape[-1] ** 0.5)  # this API's fixed 1/sqrt(D) times the factor gives `scale`
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=True, **kwargs)
+
+
+@functools.cache
+def _varlen_parameters(fn) -> frozenset:
+    import inspect
+
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def segment_ids(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int):
