@@ -245,6 +245,8 @@ def section_logprobs(rec: Recorder, tiny: bool) -> None:
 
     # Baseline in the same run, where the naive path fits: same inputs through both.
     base_tokens = shape("logprobs_baseline_tokens", tiny)
+    for fn in (chunked, naive):  # warm-up, untimed: CUDA context, cuBLAS handles, the allocator's first blocks
+        measure(base_tokens, fn)
     g.manual_seed(1)
     fast, (lp_a, gh_a, gw_a) = measure(base_tokens, chunked)
     g.manual_seed(1)  # the same hidden states and labels again
@@ -572,8 +574,12 @@ def section_train_step(rec: Recorder, tiny: bool, model_dir: str) -> None:
                       "parameters": n_params, "zero_stage": 3, "gradient_checkpointing": True,
                       "peak_flops": PEAK_BF16_FLOPS, "mfu_formula": "6 * parameters * tokens / seconds / 989e12"})
     sequences = shape("train_sequences", tiny)
-    warm = train_once(engine, samples_for(shape("train_tokens", tiny)[0], sequences, vocab, seed=99))
-    rec.put("warmup_step", warm)
+    # Warm-up, one step per size: flex's compiled kernels are built on the first call and, torch.compile's way,
+    # rebuilt for dynamic shapes at the second size (on the H200 the first 32K step took 11.2 s against
+    # 3.2 s at 16K, most likely that rebuild: not profiled).
+    warm = [train_once(engine, samples_for(tokens, sequences, vocab, seed=99 + i))
+            for i, tokens in enumerate(shape("train_tokens", tiny))]
+    rec.put("warmup_steps", warm)
     results = []
     for i, tokens in enumerate(shape("train_tokens", tiny)):
         try:

@@ -17,6 +17,7 @@ default process group (RolloutEngine.close).
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -91,11 +92,19 @@ def init_world() -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
+        # CUDA: bind the group to this rank's GPU (NCCL's collectives then need no guess of the device)
+        device_id = {"device_id": torch.device("cuda", world.local_rank)} if backend == "nccl" else {}
         if world.size > 1:
-            dist.init_process_group(backend)  # torchrun's MASTER_ADDR/MASTER_PORT rendezvous
+            dist.init_process_group(backend, **device_id)  # torchrun's MASTER_ADDR/MASTER_PORT rendezvous
         else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **device_id)
+        atexit.register(_destroy_group)  # torch warns (and NCCL may leak) when a process exits without it
     return world
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current_world() -> World:

@@ -123,21 +123,24 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
 
 
 def _call_varlen(varlen_attn, q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """Causal varlen attention across torch versions. torch >= 2.12 takes keyword-only `scale`,
-    `window_size` ((-1, 0) = causal) and `enable_gqa`; the first release of the API (torch 2.10/2.11) takes
-    `is_causal` and neither a scale (it uses 1/sqrt(D)) nor GQA (key/value heads repeated here)."""
+    """Causal varlen attention across torch versions: torch 2.12+ takes keyword-only `scale`, `window_size`
+    ((-1, 0) = causal) and `enable_gqa`; torch 2.11 the first two only (key/value heads repeated here); the
+    first release of the API `is_causal` and no scale (its fixed 1/sqrt(D) is rescaled through q)."""
     params = _varlen_parameters(varlen_attn)
-    if "window_size" in params:
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0),
-                           enable_gqa=q.shape[1] != k.shape[1])
-    if k.shape[1] != q.shape[1]:  # (T, Hkv, D) -> (T, Hq, D): query head h reads key/value head h // (Hq / Hkv)
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     kwargs = {}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = q.shape[1] != k.shape[1]
+    elif k.shape[1] != q.shape[1]:  # (T, Hkv, D) -> (T, Hq, D): query head h reads key/value head h // (Hq / Hkv)
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
     if "scale" in params:
         kwargs["scale"] = scale
     elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-6 * scale:
-        q = q * (scale * q.shape[-1] ** 0.5)  # this API's fixed 1/sqrt(D) times the factor gives `scale`
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=True, **kwargs)
+        q = q * (scale * q.shape[-1] ** 0.5)  # the fixed 1/sqrt(D) times this factor gives `scale`
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 @functools.cache
