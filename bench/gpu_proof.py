@@ -373,14 +373,10 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
     # and to itself. CUDA: golong's flex_attention block mask (attention.FLEX_PROMPT_ONCE); --tiny on CPU:
     # the exact SDPA path (PER_SEQUENCE). Compared with each prompt + response run alone (error), and
     # timed against the replicated packing that runs the prompt once per response.
-    from golong.trainer.batch import TrainSample, pack, pack_units
+    from golong.trainer.batch import pack, pack_units
 
     prompt_len, group, response = shape("prompt_once_group", tiny)
-    g = torch.Generator().manual_seed(3)
-    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=g).tolist()
-    grouped = [TrainSample(prompt_ids=prompt, advantage=1.0, group_id=0,
-                           response_ids=torch.randint(0, config.vocab_size, (response,), generator=g).tolist())
-               for _ in range(group)]
+    grouped = group_samples(prompt_len, group, response, config.vocab_size, seed=3)
     unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
     once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
 
@@ -415,7 +411,7 @@ def section_prompt_once_grad(rec: Recorder, tiny: bool) -> None:
 
     from golong.trainer import attention as attn
     from golong.trainer.attention import packed_attention_kwargs
-    from golong.trainer.batch import TrainSample, pack, pack_units
+    from golong.trainer.batch import pack, pack_units
     from golong.trainer.logprobs import token_logprobs
 
     dev = device(tiny)
@@ -425,11 +421,8 @@ def section_prompt_once_grad(rec: Recorder, tiny: bool) -> None:
     with torch.device(dev):
         model = Qwen3ForCausalLM(config).float().eval()  # eval: no dropout; gradients still flow
     prompt_len, group, response = shape("grad_group", tiny)
+    grouped = group_samples(prompt_len, group, response, config.vocab_size, seed=5)
     g = torch.Generator().manual_seed(5)
-    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=g).tolist()
-    grouped = [TrainSample(prompt_ids=prompt, advantage=1.0, group_id=0,
-                           response_ids=torch.randint(0, config.vocab_size, (response,), generator=g).tolist())
-               for _ in range(group)]
     unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
     weights = torch.randn(unit.labels.numel(), generator=g).to(dev)  # a fixed per-token loss weight
     once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
