@@ -3,6 +3,7 @@
     world = init_world()                     # once per process, before any engine
     world.rank, world.size, world.is_main    # torchrun's ranks, or a world of one
     world.all_gather_objects(obj)            # every rank's obj, in rank order
+    world.exchange_objects([to_0, to_1, ...]) # point to point: what each rank sent to this one
     world.all_reduce_sum([a, b])             # element-wise sums over ranks, as floats
     world.barrier(); world.broadcast(obj)    # rank 0's obj on every rank
 
@@ -53,6 +54,20 @@ class World:
         out = [None] * self.size
         dist.all_gather_object(out, obj)
         return out
+
+    def exchange_objects(self, outgoing: list) -> list:
+        """outgoing[d] (picklable) goes to rank d alone; returns what every rank sent to this one, in rank
+        order. One scatter per rank: each object crosses the network once, to its destination only."""
+        if len(outgoing) != self.size:
+            raise ValueError(f"exchange_objects needs one object per rank ({self.size}), got {len(outgoing)}")
+        if not self._collective:
+            return list(outgoing)
+        incoming = []
+        for src in range(self.size):
+            box = [None]
+            dist.scatter_object_list(box, outgoing if self.rank == src else None, src=src)
+            incoming.append(box[0])
+        return incoming
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over ranks, in float64 (exact for counts below 2**53)."""

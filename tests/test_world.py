@@ -1,4 +1,10 @@
-"""A world of one: its collectives are identities and never touch torch.distributed."""
+"""World: a world of one (collectives are identities, never touching torch.distributed) and the point-to-point
+exchange on 3 ranks."""
+import os
+
+import pytest
+
+from conftest import REPO, run_torchrun
 from golong.world import World, current_world
 
 
@@ -19,3 +25,16 @@ def test_current_world_without_a_process_group_is_one_process():
 def test_nodes_from_the_local_size():
     world = World(rank=9, size=16, local_rank=1, local_size=8, node_rank=1, backend="nccl")
     assert world.num_nodes == 2 and not world.is_main
+
+
+def test_exchange_objects_in_a_world_of_one_returns_what_was_sent_and_checks_the_count():
+    world = World(rank=0, size=1, local_rank=0, local_size=1, node_rank=0, backend="gloo")
+    assert world.exchange_objects([{"k": 1}]) == [{"k": 1}]
+    with pytest.raises(ValueError, match="one object per rank"):
+        world.exchange_objects([1, 2])
+
+
+@pytest.mark.multiproc
+def test_exchange_objects_on_three_ranks_delivers_each_object_to_its_destination_only():
+    out = run_torchrun(os.path.join(REPO, "tests", "dist", "world_exchange.py"), [], nproc=3, timeout=300)
+    assert out.stdout.count(": ok") == 3

@@ -8,6 +8,8 @@ One round (`RolloutCollector.collect`), collective under torchrun:
       -> keep one copy per tensor-parallel group          its first rank; the others got the same responses
       -> decode (the final stop token dropped) and score  the reward worker pool
       -> gather every rank's responses                    World.all_gather_objects
+         (MoE routes stay on the rank that generated them: the gathered Rollouts hold a RouteRef each, and
+         the trainer fetches only the routes of the samples it trains: RolloutCollector.fetch_routes)
 
 A training step (`RolloutCollector.collect_step`) is one round, or with dynamic sampling (DAPO, as the
 GoLongRL authors' released scripts train) as many rounds as it takes to find `target_groups` groups whose
@@ -29,6 +31,17 @@ from golong.rewards.pool import ScoreItem
 logger = logging.getLogger("golong")
 
 
+@dataclass(frozen=True)
+class RouteRef:
+    """Where one response's MoE routes live (router replay): the rank that generated the response keeps its
+    (P+L-1, layers, top_k) array, uint8 for up to 256 experts. Qwen3-30B-A3B's 48 layers x top-8 make that
+    384 B per token, ~27 MB for a 70K-token response: gathered to every rank, a step's routes would take
+    tens of GB on each; so only these references travel, and each array goes to the ranks that train it."""
+
+    rank: int  # the world rank holding the array
+    key: int  # its key in that rank's RolloutCollector.route_store
+
+
 @dataclass
 class Rollouts:
     """Scored responses in one global order (the same on every rank). N responses; the n responses of a
@@ -47,7 +60,7 @@ class Rollouts:
     num_filtered: int  # prompts that got no responses: too long for the engine (or the caller's length limit)
     generate_seconds: float  # generation wall time: the slowest rank's, summed over rounds
     score_seconds: float  # scoring wall time: the slowest rank's, summed over rounds
-    routes: list[np.ndarray] | None = None  # (N,) each (P+L_i-1, layers, top_k) MoE experts (router replay), or None
+    routes: list[RouteRef] | None = None  # (N,) where each response's MoE routes live (router replay), or None
 
     def __len__(self) -> int:
         return len(self.example_index)
@@ -182,6 +195,7 @@ class RolloutCollector:
         self.examples, self.prompts, self.tasks = examples, prompts, tasks
         self.keep_text = keep_text
         self._task_id = {t: i for i, t in enumerate(tasks)}
+        self.route_store: dict[int, np.ndarray] = {}  # this rank's responses' routes, by RouteRef.key
 
     def collect(self, rows: list[int], first_group: int = 0) -> Rollouts:
         """G responses for each of `rows` (indices into examples), scored, from every rank. Collective: every
@@ -207,14 +221,35 @@ class RolloutCollector:
                 texts=texts if self.keep_text else [],
                 reward_timeouts=sum(scored.timeouts.values()), reward_errors=sum(scored.errors.values()),
                 num_filtered=batch.num_filtered, generate_seconds=batch.seconds, score_seconds=scored.seconds,
-                routes=batch.routes)  # router replay: the experts vLLM chose, or None
+                routes=self._keep_routes(batch.routes))  # router replay: the experts vLLM chose, or None
         else:
             local.generate_seconds = batch.seconds
         return Rollouts.concat(self.world.all_gather_objects(local), parallel=True)
 
+    def _keep_routes(self, routes: list[np.ndarray] | None) -> list[RouteRef] | None:
+        if routes is None:
+            return None
+        refs = []
+        for array in routes:
+            key = len(self.route_store)
+            self.route_store[key] = array
+            refs.append(RouteRef(rank=self.world.rank, key=key))
+        return refs
+
+    def fetch_routes(self, needed: list[list[RouteRef]]) -> list[np.ndarray]:
+        """Collective: needed[r] lists the routes rank r trains on (every rank passes the same lists). Each
+        array goes from the rank holding it to the ranks needing it, and nowhere else; returns this rank's
+        arrays in the order of needed[rank]."""
+        me = self.world.rank
+        outgoing = [{ref.key: self.route_store[ref.key] for ref in refs if ref.rank == me} for refs in needed]
+        incoming = self.world.exchange_objects(outgoing)
+        return [incoming[ref.rank][ref.key] for ref in needed[me]]
+
     def collect_step(self, next_rows: Callable[[], list[int]], target_groups: int, *, filter_groups: bool,
                      max_rounds: int) -> StepRollouts:
-        """One training step's rollouts; `next_rows()` draws a round of prompts (PromptSampler.next_batch)."""
+        """One training step's rollouts; `next_rows()` draws a round of prompts (PromptSampler.next_batch).
+        The previous step's routes are dropped from this rank's store."""
+        self.route_store.clear()
         return sample_step(lambda first_group: self._round(next_rows, first_group), target_groups,
                            filter_groups=filter_groups, max_rounds=max_rounds)
 
@@ -223,7 +258,7 @@ class RolloutCollector:
         return self.collect(rows, first_group), len(rows)
 
 
-def _concat_routes(parts: list[Rollouts]) -> list[np.ndarray] | None:
+def _concat_routes(parts: list[Rollouts]) -> list[RouteRef] | None:
     """The parts' routes in order; None when no part with responses has any (router replay off)."""
     with_rows = [p for p in parts if len(p)]
     if all(p.routes is None for p in with_rows):

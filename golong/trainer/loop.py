@@ -24,7 +24,7 @@ import os
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -108,6 +108,8 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     max_tokens = cfg.trainer.micro_batch_max_tokens * sp.size  # one row of an SP group
     units = plan_units(samples, max_tokens, cfg.trainer.share_prompt)
     plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, sp.dp_size)
+    if rollouts.routes is not None:  # MoE router replay: this rank's samples get their routes
+        samples = with_routes(run, rollouts, samples, units, plan)
     my_samples = [samples[i] for mb in plan[sp.dp_rank] for u in mb for i in units[u]]
     micro_batches = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[sp.dp_rank]]
 
@@ -175,10 +177,23 @@ def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> 
             rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
             loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
             group_id=int(rollouts.group_index[i]),
-            routes=torch.from_numpy(rollouts.routes[i]) if rollouts.routes is not None else None,  # router replay
         )
         for i, row in enumerate(rollouts.example_index)
     ]
+
+
+def with_routes(run: Run, rollouts: Rollouts, samples: list[TrainSample], units: list[list[int]],
+                plan: list[list[list[int]]]) -> list[TrainSample]:
+    """Router replay: `samples` with the MoE routes of those this rank trains, fetched from the ranks that
+    generated them (the others keep none). Every rank knows every rank's share: plan[dp_rank] for its SP group."""
+    sp = run.policy.sp
+    trains = [[i for mb in plan[sequence_parallel.sp_layout(run.world.size, r, sp.size).dp_rank] for u in mb
+               for i in units[u]] for r in range(run.world.size)]
+    arrays = run.collector.fetch_routes([[rollouts.routes[i] for i in idx] for idx in trains])
+    samples = list(samples)
+    for i, routes in zip(trains[run.world.rank], arrays):
+        samples[i] = replace(samples[i], routes=torch.from_numpy(routes))
+    return samples
 
 
 # ------------------------------------------------------------------------------------------------
