@@ -246,7 +246,11 @@ def project(name: str, tokens: int, sp: int, gpus: int, chunk: int = 1024) -> di
     # ZeRO-3 states per parameter: bf16 weight 2 B + fp32 gradient 4 B + fp32 master and AdamW 12 B,
     # of which only the bf16 weight and a bf16 gradient stay on the GPU with offload_optimizer
     states = m["params"] * 1e9 * (4 if m["offload"] else 18) / gpus / GIB
-    gathered = 2 * m["params"] * 1e9 / m["layers"] * 2 / GIB + m["vocab"] * m["hidden"] * 2 / GIB  # 2 layers + embedding
+    # gathered bf16 parameters: at least two layers (one in use, one prefetched) and the embedding; and ZeRO-3
+    # keeps up to stage3_max_live_parameters (1e9 by default) gathered between uses (the bench saw the
+    # whole 25M-parameter tiny model stay gathered from the forward to the backward)
+    two_layers_and_embedding = 2 * m["params"] * 1e9 / m["layers"] + m["vocab"] * m["hidden"]
+    gathered = max(two_layers_and_embedding, min(m["params"] * 1e9, 1e9)) * 2 / GIB
     parts = dict(kept=kept, layer=layer, lm_head=head, zero3_states=states, gathered=gathered)
     return {**parts, "total": sum(parts.values())}
 
@@ -296,7 +300,8 @@ def print_explained(results: dict) -> None:
     for (tokens, sp), ranks in results.items():
         for rank, r in enumerate(ranks):
             print(f"\nrow {tokens} tokens, sp {sp}, rank {rank}: {r['peak'] / MIB:.0f} MiB of tensors allocated in "
-                  f"the step alive at the backward's peak, largest groups (MiB | allocated at | operator [input shapes]):")
+                  f"the step alive at the backward's peak, largest groups "
+                  f"(MiB | allocated at | operator [input shapes]):")
             for source, size in r["live"]:
                 print(f"{size / MIB:8.1f} | {source}")
 
@@ -347,7 +352,8 @@ def main() -> None:
               f"intermediate {spec.intermediate_size}; ZeRO-3, gradient checkpointing, fp32, CPU")
         lengths = [int(t) for t in args.tokens.split(",")]
         if args.explain:
-            return print_explained({(t, sp): run(model_dir, t, sp, tmp, args.explain) for t in lengths for sp in (1, 2)})
+            explained = {(t, sp): run(model_dir, t, sp, tmp, args.explain) for t in lengths for sp in (1, 2)}
+            return print_explained(explained)
         results = {(tokens, sp): run(model_dir, tokens, sp, tmp) for tokens in lengths for sp in (1, 2)}
     print_phases(results)
     if len(lengths) > 1:
