@@ -18,7 +18,9 @@ Two kinds of figures:
   include fixed costs that do not depend on the row: at sp = 2 ZeRO-3 gathers the parameters (and
   reduce-scatters gradients) during the step, which one rank at sp = 1 holds whole before it.
 - per row token (with two or more lengths): the least-squares slope of each figure over the row
-  lengths, which drops the fixed costs: activation memory per rank.
+  lengths, which drops the fixed costs: activation memory per rank. A slope means something only where
+  activations set the peak at every length: here rows of 4K tokens and more (at 1-2K the step peaks in
+  the optimizer and the backward's peak is set by fixed buffers).
 
     PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --tokens 4096,8192,16384
     PYTHONPATH=. .venv/bin/python bench/sequence_parallel.py --tokens 4096 --explain 12   # what is alive at the peak
@@ -316,7 +318,8 @@ def print_slopes(results: dict, lengths: list[int], layer_bytes: int) -> None:
     """Bytes per row token: the part of each figure that grows with the row (fixed costs drop out)."""
     metrics = {"kept for backward": lambda r: r["kept"]["forward"], "forward peak": lambda r: r["peak"]["forward"],
                "backward peak": lambda r: r["peak"]["backward"], "step peak": step_peak}
-    print(f"\nactivation memory per rank: bytes per row token (least-squares slope over rows of {lengths} tokens)")
+    print(f"\nactivation memory per rank: bytes per row token (least-squares slope over rows of {lengths} tokens; "
+          "meaningful where activations set every peak)")
     print("| measure | sp 1 | sp 2 | ratio sp 2 / sp 1 |")
     print("|---|---|---|---|")
     slopes = {}
@@ -331,7 +334,7 @@ def print_slopes(results: dict, lengths: list[int], layer_bytes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="8192", help="comma-separated row lengths")
+    parser.add_argument("--tokens", default="4096,8192,16384", help="comma-separated row lengths")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--project-only", action="store_true", help="print the 176K projection and stop")
