@@ -29,6 +29,21 @@ Golong writes itself (and why ALST's pieces do not fit):
   the same loss value, and its backward reaches only its own tokens, so the SP group's gradients add
   up to exactly one micro-batch's gradient. Statistics are kept on the group's first rank only.
 
+Memory (measured by bench/sequence_parallel.py, figures in bench/RESULTS.md): per rank, everything that
+grows with the row halves at sp = 2 (the checkpoints and the final norm kept for the backward, the
+forward's and the backward's peaks). Ulysses' copies of q, k, v and the attention output are
+[T/sp tokens x all heads] or [T tokens x heads/sp], live only while attention runs, and the step
+peaks later, in the recomputed layer's MLP backward. With fewer KV heads than sp the repeated KV heads
+do not shrink. ALST's memory tools golong does not use:
+
+- `TiledMLP` (the MLP run slice by slice of the row, and recomputed so in the backward) would cut the
+  [tokens x intermediate] tensors that make about half of that peak, at any sp. It replaces the HF
+  MLP's forward for the whole class and steers ZeRO-3's gradient reduction per slice
+  (`ds_grad_is_ready`); the recipes' rows fit at their sp without it. It is the next lever when rows
+  outgrow sp.
+- `TiledFusedLogitsLoss` / `sequence_tiled_compute`: golong/trainer/logprobs.py says why not; only a
+  shard's response tokens reach the LM head there, chunk by chunk.
+
 Gradient scale (DeepSpeed 0.19.8, read in the source): golong wants the reduced gradient to be the
 SUM over ranks of each rank's loss share. ZeRO-3 with `reduce_scatter` (the default) reduce-scatters
 with `reduce_scatter_coalesced`, which divides by the whole partition group (all sp x dp ranks), with
