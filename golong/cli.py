@@ -57,20 +57,19 @@ def _prepare_demo(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one tiny shard: its progress bar says nothing
-    from golong.data.synthetic import LETTERS, SLOTS, TASKS, answer_text, demo_corpus, demo_splits, write_rows
-    from golong.demo import sft_warmup
-    from golong.tiny_model import TinyModelSpec, build_tiny_model
+    from golong.data.synthetic import TASKS, demo_corpus, demo_splits, write_rows
+    from golong.demo import DEMO_MODEL, sft_warmup
+    from golong.tiny_model import build_tiny_model
 
     out = args.out_dir
-    splits = demo_splits(train_docs=-(-args.rows // len(TASKS)), eval_docs=args.eval_docs, warmup_docs=args.warmup_docs)
+    try:
+        splits = demo_splits(train_docs=-(-args.rows // len(TASKS)), eval_docs=args.eval_docs,
+                             warmup_docs=args.warmup_docs)
+    except ValueError as e:
+        raise UsageError(f"{e}: lower --rows, --eval-docs or --warmup-docs") from None
     for name, rows in splits.items():
         write_rows(f"{out}/{name}.jsonl", rows)
-    # A ~270-token vocabulary of whole words: every demo word is one token (the answer words are repeated
-    # so that BPE merges them first), the same in the context and in an answer.
-    words = [*(v for values in SLOTS.values() for v in values), *LETTERS]
-    answers = [" ".join(words + ["[Answer]"]), answer_text(words)]
-    build_tiny_model(f"{out}/init", corpus=demo_corpus() + answers * 3000,
-                     spec=TinyModelSpec(vocab_size=384, byte_level=False, tie_word_embeddings=True))
+    build_tiny_model(f"{out}/init", corpus=demo_corpus(), spec=DEMO_MODEL)
     # The starting model of RL: the random-init model after a short supervised warm-up on warmup.jsonl.
     sft_warmup(f"{out}/init", f"{out}/warmup.jsonl", f"{out}/model", steps=args.warmup_steps)
     print(f"demo assets in {out}: train.jsonl ({len(splits['train'])} rows), eval.jsonl ({len(splits['eval'])} "

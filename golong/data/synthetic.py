@@ -65,8 +65,11 @@ def _question(task: str, values: dict[str, str]) -> tuple[str, str | list[str], 
 
 
 def instruction(output: str) -> str:
-    """Appendix B's output format asking for `output` after the `[Answer]` identifier."""
-    return f'Output the "[Answer]" identifier first, then output {output}, without any additional content.'
+    """Appendix B's output format (the `em` one: "... then output the answer, ...") with `output` in
+    place of "the answer": naming the asked slot near the end of the prompt."""
+    from golong.data.instructions import OUTPUT_FORMATS
+
+    return OUTPUT_FORMATS["em"].replace("the answer", output)
 
 
 def document_rows(values: dict[str, str], doc: int) -> list[dict]:
@@ -120,11 +123,14 @@ def answer_text(answer: str | list[str]) -> str:
 
 
 def demo_corpus() -> list[str]:
-    """Text for the demo tokenizer: demo prompts and answers in the formats the instructions ask
-    for, so that every demo word, `[Answer]` and the instructions' words are single tokens."""
+    """Text for the demo tokenizer (`TinyModelSpec(byte_level=False)`): demo prompts and answers, and
+    the answer words repeated so that BPE merges them first. In the ~270-token vocabulary it gives,
+    every demo word, `[Answer]`'s parts and the instructions' words are single tokens, and an answer
+    word is the same token in the context and in an answer."""
     rng = random.Random(12345)
     texts = []
     for doc, values in enumerate(rng.sample(all_documents(), 100)):
         for row in document_rows(values, doc):
             texts += [row["context"], row["question"], row["instruction"], answer_text(row["answer"])]
-    return texts
+    words = [*(v for values in SLOTS.values() for v in values), *LETTERS]
+    return texts + [" ".join(words + ["[Answer]"]), answer_text(words)] * 3000
