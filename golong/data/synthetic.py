@@ -5,23 +5,24 @@ The demo mirrors the paper's setting at toy scale: RL starts from a model that a
 answer format and answers some questions right (a short supervised warm-up, golong/demo.py), and
 improves it on tasks whose answers are in the context.
 
-- Documents: one fixed skeleton of four facts, each after one filler sentence, every slot at the same
-  token position in every document (the demo tokenizer makes every word one token):
-      "A farmer walks to the lake. The colour is red. The wind waits near the hill. The animal is fox. ..."
-  The slots take one-token values from small disjoint sets (`SLOTS`), and no filler word is one of
-  them, so each question has exactly one right answer and reading it is a copy from a fixed place
-  (or from the one word of the asked kind): attention a 2-layer model learns in tens of steps, where
-  content retrieval among distractors needs an induction circuit that forms late and unreliably.
+- Documents: one fixed skeleton of four facts, every slot at the same token position in every document
+  (the demo tokenizer makes every word one token; 20 tokens):
+      "The colour is red. The animal is fox. The city is rome. The food is rice."
+  The slots take one-token values from small disjoint sets (`SLOTS`), so each question has exactly
+  one right answer, the one word of the asked kind, at a fixed place. With tied embeddings the 2-layer
+  model learns to copy it in a few hundred supervised steps; filler sentences between the facts, or
+  untied embeddings, kept it near chance for 400 steps (bench/RESULTS.md).
 - Every document is asked four questions, one per task type, each with its own reward (paper Table 1):
     T1 retrieval, em:                  "What is the colour?"                 -> "red"
     T2 multiple choice, accuracy:      "What is the animal?" A. cat .. D. owl -> "C"   (options in a fixed order)
     T3 list retrieval, f1:             "What are the city and the food?"     -> ["rome", "rice"] (set F1)
     T6 mention, subem:                 "Which city is named?"                -> ["rome"]
-  A policy that only learned the answer format earns about 1/6 (1/4 on T2); full marks need the
-  context. No reward pays for listing every candidate: em, accuracy and f1 lose on extra lines and
-  subem divides by the answer's length (tests/test_data_synthetic.py).
-- Splits are by document (`demo_splits`): the value combinations are dealt to held-out, warm-up and
-  training documents once, so a held-out document's facts never appear in the warm-up or in training.
+  Each question's instruction names what to output ("... then output the colour, ..."). A policy
+  that only learned the answer format earns 1/6 (1/4 on T2); full marks need the context. Listing
+  candidates pays no more than a guess: em and accuracy score 0, subem divides by the answer's
+  length, f1 loses precision (tests/test_data_synthetic.py), and responses are capped at 12 tokens.
+- Splits are by document (`demo_splits`): the 864 value combinations are dealt to held-out, warm-up
+  and training documents once, so a held-out document's facts never appear in the warm-up or in training.
 - Every instruction asks for `[Answer]` followed by the answer (appendix B formats); `answer_text`
   writes a gold answer that way (what the warm-up trains on).
 """
