@@ -125,7 +125,7 @@ def answer_text(answer: str | list[str]) -> str:
 
 def demo_corpus() -> list[str]:
     """Text for the demo tokenizer (`TinyModelSpec(byte_level=False)`): demo prompts and answers, and
-    the answer words repeated so that BPE merges them first. In the ~270-token vocabulary it gives,
+    the answer words repeated so that BPE merges them first. In the 208-token vocabulary it gives,
     every demo word, `[Answer]`'s parts and the instructions' words are single tokens, and an answer
     word is the same token in the context and in an answer."""
     rng = random.Random(12345)
