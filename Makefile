@@ -39,9 +39,19 @@ test-fast:  ## the suite without the real-engine (slow) tests
 	@bash scripts/install.sh test
 	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
 
-demo: install  ## tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU ranks; writes runs/demo/
-	$(PYTHON) -m golong prepare-demo runs/demo-assets
+# Held-out evaluation of the demo's starting and trained models, sampled as the training rollouts are
+# (temperature 1.0, top-p 1.0; golong eval's default is the paper's validation setting, 0.6 and 0.95).
+DEMO_EVAL = OMP_NUM_THREADS=1 $(PYTHON) -m golong eval --data runs/demo-assets/eval.jsonl --no-thinking --g 4 \
+	--max-tokens 12 --temperature 1.0 --top-p 1.0
+
+demo: install  ## warmed-up tiny model, synthetic multi-task data, TMN-Reweight on 2 CPU ranks, held-out eval; runs/demo/
+	OMP_NUM_THREADS=1 $(PYTHON) -m golong prepare-demo runs/demo-assets
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc_per_node=2 --master_port=$(MASTER_PORT) -m golong train recipes/tiny-cpu.yaml $(ARGS)
+	@echo "== held-out documents (runs/demo-assets/eval.jsonl): the starting model and the trained one, one per core"
+	$(DEMO_EVAL) --model runs/demo-assets/model --out runs/demo/eval_start.json > runs/demo/eval_start.log 2>&1 & start=$$!; \
+	$(DEMO_EVAL) --model runs/demo/hf --out runs/demo/eval_trained.json > runs/demo/eval_trained.log 2>&1; trained=$$?; \
+	wait $$start && [ $$trained -eq 0 ] || { tail -n 20 runs/demo/eval_start.log runs/demo/eval_trained.log; exit 1; }
+	$(PYTHON) -m golong.demo compare runs/demo/eval_start.json runs/demo/eval_trained.json --out runs/demo/heldout.md
 
 train-4b: install  ## Qwen3-4B with TMN-Reweight (RECIPE=recipes/qwen3-4b-grpo.yaml for plain GRPO)
 	$(TORCHRUN) train $(or $(RECIPE),recipes/qwen3-4b-tmn-reweight.yaml) $(ARGS) || $(RDZV_HINT)

@@ -57,17 +57,24 @@ def _prepare_demo(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one tiny shard: its progress bar says nothing
-    from golong.data.synthetic import ANIMALS, COLOURS, LETTERS, demo_corpus, make_demo_dataset
-    from golong.tiny_model import TinyModelSpec, build_tiny_model
+    from golong.data.synthetic import TASKS, demo_corpus, demo_splits, write_rows
+    from golong.demo import DEMO_MODEL, sft_warmup
+    from golong.tiny_model import build_tiny_model
 
-    make_demo_dataset(f"{args.out_dir}/train.jsonl", n=args.rows, seed=0)
-    # A ~160-token vocabulary in which every answer word is one token (the answer words are repeated
-    # so BPE merges them first): a random-init policy already names colours and animals now and then,
-    # which gives RL groups with differing rewards from the first step.
-    answers = " ".join([*ANIMALS, *COLOURS, *LETTERS, "[Answer]"])
-    build_tiny_model(f"{args.out_dir}/model", corpus=demo_corpus() + [answers] * 3000,
-                     spec=TinyModelSpec(vocab_size=160, byte_level=False))
-    print(f"demo assets in {args.out_dir}: train.jsonl ({args.rows} rows), model/")
+    out = args.out_dir
+    try:
+        splits = demo_splits(train_docs=-(-args.rows // len(TASKS)), eval_docs=args.eval_docs,
+                             warmup_docs=args.warmup_docs)
+    except ValueError as e:
+        raise UsageError(f"{e}: lower --rows, --eval-docs or --warmup-docs") from None
+    for name, rows in splits.items():
+        write_rows(f"{out}/{name}.jsonl", rows)
+    build_tiny_model(f"{out}/init", corpus=demo_corpus(), spec=DEMO_MODEL)
+    # The starting model of RL: the random-init model after a short supervised warm-up on warmup.jsonl.
+    sft_warmup(f"{out}/init", f"{out}/warmup.jsonl", f"{out}/model", steps=args.warmup_steps)
+    print(f"demo assets in {out}: train.jsonl ({len(splits['train'])} rows), eval.jsonl ({len(splits['eval'])} "
+          f"held-out rows), warmup.jsonl ({len(splits['warmup'])} rows), init/ (random), "
+          f"model/ ({args.warmup_steps} warm-up steps)")
     return 0
 
 
@@ -101,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="destination (default RUN_DIR/hf)")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("prepare-demo", help="write the CPU demo's synthetic dataset and tiny model")
+    p = sub.add_parser("prepare-demo", help="write the CPU demo's synthetic splits and its warmed-up tiny model")
     p.add_argument("out_dir")
-    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--rows", type=int, default=2000, help="training rows (4 per document; default 2000)")
+    p.add_argument("--eval-docs", type=int, default=64, help="held-out documents (4 rows each; default 64)")
+    p.add_argument("--warmup-docs", type=int, default=300, help="documents of the warm-up split (4 rows each; default 300)")
+    p.add_argument("--warmup-steps", type=int, default=150, help="supervised warm-up steps of 16 rows (default 150)")
     p.set_defaults(func=_prepare_demo)
 
     p = sub.add_parser("config-reference", help="print every config key with its default and doc (markdown)")

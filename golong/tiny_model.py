@@ -58,7 +58,8 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, byte_level: bool = T
     """A BPE `PreTrainedTokenizerFast` with Qwen's special tokens and chat template.
 
     byte_level=True encodes any text (256 byte tokens, then merges). byte_level=False starts from the
-    corpus's characters only (SentencePiece-style spaces): a vocabulary of a few hundred tokens that
+    corpus's characters only (SentencePiece-style spaces, newlines and punctuation split off): a vocabulary
+    of a few hundred tokens that
     are mostly whole words, so that a random-init policy already emits words of the corpus (the
     CPU demo relies on it); characters outside the corpus become <unk>.
     """
@@ -72,8 +73,14 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, byte_level: bool = T
         alphabet, specials = pre_tokenizers.ByteLevel.alphabet(), SPECIAL_TOKENS
     else:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
+        # A newline is a token of its own, so a word starts the same way on a new line as at the start
+        # of the text ("[Answer]\nred\nblue" -> "▁[", "Answer", "]", "\n", "red", "\n", "blue"); only the
+        # text's first word gets the "▁" prefix, so decoding gives the text back exactly. Punctuation is
+        # split off too, so "blue." is "▁blue" "." and a word is one token wherever it is.
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace(prepend_scheme="first"),
+            pre_tokenizers.Punctuation(behavior="isolated")])
+        tok.decoder = decoders.Metaspace(prepend_scheme="first")
         alphabet, specials = [], SPECIAL_TOKENS + ["<unk>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

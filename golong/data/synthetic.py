@@ -1,111 +1,137 @@
-"""A synthetic multi-task long-context dataset for the CPU demo, built for learnability.
+"""A synthetic multi-task dataset for the CPU demo, built so that a 2-layer model learns it from its
+context within minutes.
 
-The demo trains a tiny randomly initialised model with RL for a few minutes. RL learns only from
-groups whose G rewards differ, so the data is designed so that a random policy already earns
-some reward some of the time, and the reward can keep climbing as the policy improves:
+The demo mirrors the paper's setting at toy scale: RL starts from a model that already follows the
+answer format and answers some questions right (a short supervised warm-up, golong/demo.py), and
+improves it on tasks whose answers are in the context.
 
-- A small world: 8 animals and 8 colours. Each context states 3 to 6 facts "The fox is blue."
-  among filler sentences from a small vocabulary, 4 to 32 of them (50 to 400 tokens for a tokenizer
-  with whole-word tokens). Train the demo tokenizer on `demo_corpus()` so that every answer word is
-  one token: the answer vocabulary is then a sizeable share of what a random policy emits.
-- Five of the nine task types, each with its own reward (paper Table 1):
-    T1 needle retrieval, em:            "What colour is the fox?"        -> "blue"
-    T2 multiple choice, accuracy:       the same with options A-D        -> "C"
-    T3 list retrieval, f1:              "Which animals are blue?"        -> "fox owl" (token F1)
-    T6 colour mentions, subem:          "Which colours are mentioned?"   -> 2 or 3 colours
-    T8 ordering, pairwise:              "List the animals in order."     -> ["owl", "fox", "cat"]
-  Partial-credit rewards (f1, subem, pairwise) pay for any right word or pair, exact ones (em,
-  accuracy) pay 1/8 and 1/4 to a policy that only learned the answer format, and full marks need
-  the context: a rising reward curve with headroom. Random answers of 1-4 demo words earn 0.04 on
-  average, with unequal rewards in a third of the groups (tests/test_data_synthetic.py).
-- No filler word is an animal or a colour, so every question has exactly the gold answer.
-- Every instruction asks for `[Answer]` followed by the answer (appendix B formats).
+- Documents: one fixed skeleton of four facts, every slot at the same token position in every document
+  (the demo tokenizer makes every word one token; 20 tokens):
+      "The colour is red. The animal is fox. The city is rome. The food is rice."
+  The slots take one-token values from small disjoint sets (`SLOTS`), so each question has exactly
+  one right answer, the one word of the asked kind, at a fixed place. With tied embeddings the 2-layer
+  model learns to copy it in a few hundred supervised steps; filler sentences between the facts, or
+  untied embeddings, kept it near chance for 400 steps (bench/RESULTS.md).
+- Every document is asked four questions, one per task type, each with its own reward (paper Table 1):
+    T1 retrieval, em:                  "What is the colour?"                 -> "red"
+    T2 multiple choice, accuracy:      "What is the animal?" A. cat .. D. owl -> "C"   (options in a fixed order)
+    T3 list retrieval, f1:             "What are the city and the food?"     -> ["rome", "rice"] (set F1)
+    T6 mention, subem:                 "Which city is named?"                -> ["rome"]
+  Each question's instruction names what to output ("... then output the colour, ..."). A policy
+  that only learned the answer format earns 1/6 (1/4 on T2); full marks need the context. Listing
+  candidates pays no more than a guess: em and accuracy score 0, subem divides by the answer's
+  length, f1 loses precision (tests/test_data_synthetic.py), and responses are capped at 12 tokens.
+- Splits are by document (`demo_splits`): the 864 value combinations are dealt to held-out, warm-up
+  and training documents once, so a held-out document's facts never appear in the warm-up or in training.
+- Every instruction asks for `[Answer]` followed by the answer (appendix B formats); `answer_text`
+  writes a gold answer that way (what the warm-up trains on).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 
-ANIMALS = ["cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig"]
-COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+SLOTS: dict[str, list[str]] = {  # slot -> its values, in the order the facts appear in a document
+    "colour": ["red", "green", "blue", "yellow", "black", "white"],
+    "animal": ["cat", "dog", "fox", "owl"],  # T2's options A-D, always in this order
+    "city": ["paris", "rome", "oslo", "lima", "cairo", "delhi"],
+    "food": ["bread", "rice", "soup", "cake", "fish", "corn"],
+}
 LETTERS = "ABCD"
-_SUBJECTS = ["the river", "a farmer", "the old mill", "the wind", "a small boat", "the market", "the village", "a child"]
-_VERBS = ["runs past", "waits near", "looks at", "walks to", "sings about", "stays by", "turns toward", "sleeps under"]
-_OBJECTS = ["the bridge", "the hill", "a stone wall", "the long road", "the open field", "the tall tree", "the lake", "a wooden gate"]
-_TIMES = ["in the morning", "at noon", "after the rain", "before dark", "every day", "in spring", "at night", "once more"]
-TASK_WEIGHTS = {"T1": 0.25, "T2": 0.2, "T3": 0.2, "T6": 0.15, "T8": 0.2}
+TASKS = ("T1", "T2", "T3", "T6")
+SPLIT_SEED = 0
 
 
-def _filler(rng: random.Random) -> str:
-    return f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TIMES)}."
+def context_of(values: dict[str, str]) -> str:
+    """The document stating `values` (slot -> value) in the fixed skeleton."""
+    return " ".join(f"The {slot} is {values[slot]}." for slot in SLOTS)
 
 
-def _context(rng: random.Random, facts: list[tuple[str, str]], num_filler: int) -> str:
-    """`num_filler` filler sentences (about 10 tokens each) with the facts at random places, in order."""
-    sentences = [_filler(rng) for _ in range(num_filler)]
-    slots = sorted(rng.choices(range(len(sentences) + 1), k=len(facts)))
-    for offset, (slot, (animal, colour)) in enumerate(zip(slots, facts)):
-        sentences.insert(slot + offset, f"The {animal} is {colour}.")
-    return " ".join(sentences)
+def _question(task: str, values: dict[str, str]) -> tuple[str, str | list[str], str]:
+    """The question of task `task` about a document stating `values`, its gold answer, and what the
+    instruction asks to output (appendix B's wording with the asked slot named)."""
+    if task == "T1":
+        return "What is the colour?", values["colour"], "the colour"
+    if task == "T2":
+        options = "\n".join(f"{letter}. {animal}" for letter, animal in zip(LETTERS, SLOTS["animal"]))
+        return (f"What is the animal?\n{options}", LETTERS[SLOTS["animal"].index(values["animal"])],
+                "the option letter (A/B/C/D) of the animal")
+    if task == "T3":  # list F1 over the answer's lines
+        return "What are the city and the food?", [values["city"], values["food"]], "the city and the food line by line"
+    if task == "T6":
+        return "Which city is named?", [values["city"]], "the city"
+    raise ValueError(f"the demo has no task {task}; it has {', '.join(TASKS)}")
 
 
-def make_row(rng: random.Random, task: str, index: int) -> dict:
-    """One native row of the demo task `task`."""
-    num_facts = 3 if task == "T8" else rng.randint(3, 6)
-    animals = rng.sample(ANIMALS, num_facts)
-    colours = [rng.choice(COLOURS) for _ in animals]
-    facts = list(zip(animals, colours))
-    context = _context(rng, facts, rng.randint(4, 32))  # 50 to 400 tokens
-    if task in ("T1", "T2"):
-        animal, colour = rng.choice(facts)
-        question = f"What colour is the {animal}?"
-        answer: str | list[str] = colour
-        if task == "T2":
-            options = rng.sample([c for c in COLOURS if c != colour], 3) + [colour]
-            rng.shuffle(options)
-            question += "\n" + "\n".join(f"{letter}. {c}" for letter, c in zip(LETTERS, options))
-            answer = LETTERS[options.index(colour)]
-    elif task == "T3":
-        colour = rng.choice(colours)
-        question = f"Which animals are {colour}?"
-        answer = " ".join(a for a, c in facts if c == colour)  # a string: scored by token F1
-    elif task == "T6":
-        question = "Which colours are mentioned in the text?"
-        answer = sorted(set(colours), key=colours.index)
-    elif task == "T8":
-        question = "List the animals in the order they appear in the text."
-        answer = animals
-    else:
-        raise ValueError(f"the demo has no task {task}; it has {', '.join(TASK_WEIGHTS)}")
-    return {"id": f"demo-{index}", "task": task, "context": context, "question": question,
-            "answer": answer, "source": "golong-demo"}
+def instruction(output: str) -> str:
+    """Appendix B's output format (the `em` one: "... then output the answer, ...") with `output` in
+    place of "the answer": naming the asked slot near the end of the prompt."""
+    from golong.data.instructions import OUTPUT_FORMATS
+
+    return OUTPUT_FORMATS["em"].replace("the answer", output)
 
 
-def demo_rows(n: int, seed: int) -> list[dict]:
+def document_rows(values: dict[str, str], doc: int) -> list[dict]:
+    """The rows (one per task, ids `demo-<doc>-<task>`) of the document stating `values`."""
+    context = context_of(values)
+    rows = []
+    for task in TASKS:
+        question, answer, output = _question(task, values)
+        rows.append({"id": f"demo-{doc}-{task}", "task": task, "context": context, "question": question,
+                     "answer": answer, "instruction": instruction(output), "source": "golong-demo"})
+    return rows
+
+
+def all_documents() -> list[dict[str, str]]:
+    """Every value combination (6 x 4 x 6 x 6 = 864), in a fixed order."""
+    return [dict(zip(SLOTS, combo)) for combo in itertools.product(*SLOTS.values())]
+
+
+def demo_splits(train_docs: int, eval_docs: int, warmup_docs: int, seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
+    """The demo's three splits by document: the value combinations are shuffled once and dealt to
+    `eval` (held-out), `warmup` (the supervised warm-up) and `train` (RL), in that order, so no two
+    splits share a document's facts. Rows of a split are in document order, four per document."""
+    docs = all_documents()
+    if eval_docs + warmup_docs + train_docs > len(docs):
+        raise ValueError(f"the demo world has {len(docs)} documents; asked for {eval_docs} held-out + "
+                         f"{warmup_docs} warm-up + {train_docs} training ones")
     rng = random.Random(seed)
-    tasks = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()), k=n)
-    return [make_row(rng, task, i) for i, task in enumerate(tasks)]
+    rng.shuffle(docs)
+    splits, start = {}, 0
+    for name, count in (("eval", eval_docs), ("warmup", warmup_docs), ("train", train_docs)):
+        splits[name] = [row for i, values in enumerate(docs[start:start + count], start=start)
+                        for row in document_rows(values, i)]
+        start += count
+    return splits
 
 
-def make_demo_dataset(path: str, n: int, seed: int) -> str:
-    """Write `n` demo rows (native JSONL) to `path` and return it."""
+def write_rows(path: str, rows: list[dict]) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for row in demo_rows(n, seed):
+        for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
 
 
-def demo_corpus() -> list[str]:
-    """Text for the demo tokenizer: demo prompts and answers in the formats the instructions ask
-    for, so that every demo word, `[Answer]` and the instructions' words are single tokens."""
-    from golong.data.instructions import OUTPUT_FORMATS
-    from golong.rewards import TASK_TO_REWARD
+def answer_text(answer: str | list[str]) -> str:
+    """A gold answer written as the instructions ask: `[Answer]`, then the answer (list items line by
+    line). Each line starts with a space, so that an answer word is the same token as in the context
+    ("The colour is red." has "▁red"; "red" alone on a line would be another token): copying from the
+    context is then one step, not two. The rewards strip the space."""
+    return "[Answer]\n" + "\n".join(" " + item for item in (answer if isinstance(answer, list) else [answer]))
 
+
+def demo_corpus() -> list[str]:
+    """Text for the demo tokenizer (`TinyModelSpec(byte_level=False)`): demo prompts and answers, and
+    the answer words repeated so that BPE merges them first. In the 208-token vocabulary it gives,
+    every demo word, `[Answer]`'s parts and the instructions' words are single tokens, and an answer
+    word is the same token in the context and in an answer."""
+    rng = random.Random(12345)
     texts = []
-    for row in demo_rows(400, seed=12345):
-        answer = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-        texts += [row["context"], row["question"], OUTPUT_FORMATS[TASK_TO_REWARD[row["task"]]],
-                  "[Answer] " + " ".join(answer), "[Answer]\n" + "\n".join(answer)]
-    return texts
+    for doc, values in enumerate(rng.sample(all_documents(), 100)):
+        for row in document_rows(values, doc):
+            texts += [row["context"], row["question"], row["instruction"], answer_text(row["answer"])]
+    words = [*(v for values in SLOTS.values() for v in values), *LETTERS]
+    return texts + [" ".join(words + ["[Answer]"]), answer_text(words)] * 3000
