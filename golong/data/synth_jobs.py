@@ -456,4 +456,6 @@ def common_summary(counts: Counter, output: ResumableOutput, unit_name: str) -> 
         lines.append("requests by model: " + ", ".join(f"{m} {n}" for m, n in models))
     if output.lines_removed:
         lines.append(f"resumed: removed {output.lines_removed} lines of unfinished units from an earlier run")
+    if counts["outside_bins"]:
+        lines.append(f"{unit_name} outside every --bins rule (left for another run): {counts['outside_bins']}")
     return lines

@@ -370,8 +370,6 @@ class SynthesisRun:
     def summary_lines(self) -> list[str]:
         c = self.counts
         lines = common_summary(c, self.output, "documents")
-        if c["outside_bins"]:
-            lines.append(f"documents outside every --bins rule (left for another run): {c['outside_bins']}")
         lines.append(
             f"questions: {c['generated']} generated, {c['parsed']} parsed into rows, {c['malformed']} malformed; "
             f"{c['replies_unparseable']} replies unparseable (no questions read), {c['replies_truncated']} cut at "

@@ -119,8 +119,6 @@ class VerificationRun:
     def summary_lines(self) -> list[str]:
         c = self.counts
         lines = common_summary(c, self.output, "rows")
-        if c["outside_bins"]:
-            lines.append(f"rows outside every --bins rule (left for another run): {c['outside_bins']}")
         by_check = ", ".join(f"{name} {c['failed:' + name]}" for name in [*CHECKS.values(), "unspecified"]
                              if c["failed:" + name])
         lines.append(f"verdicts: PASS {c['pass']}, REJECT {c['reject']}"
