@@ -27,6 +27,14 @@ def run_python(script: str, args: list[str], timeout: float = 300):
         pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
 
 
+def one_rank_and_two(script: str, model_path: str, tmp_path) -> tuple[dict, dict]:
+    """The results `script` saves when run as one process and under torchrun with two ranks."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    run_python(os.path.join(DIST, script), [model_path, str(one)])
+    run_torchrun(os.path.join(DIST, script), [model_path, str(two)], nproc=2, timeout=300)
+    return torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+
+
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[n] - b[n]).abs().max().item() for n in a)
@@ -54,10 +62,7 @@ def test_packed_micro_batch_gradient_equals_one_by_one_single_process(tiny_model
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_split_invariance_one_rank_four_micro_batches_vs_two_ranks_two_each(tiny_model_path, tmp_path):
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    run_python(os.path.join(DIST, "engine_split.py"), [tiny_model_path, str(one)])
-    run_torchrun(os.path.join(DIST, "engine_split.py"), [tiny_model_path, str(two)], nproc=2, timeout=300)
-    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    a, b = one_rank_and_two("engine_split.py", tiny_model_path, tmp_path)
     for step_a, step_b in zip(a["history"], b["history"]):
         # grad norms catch a gradient scaled by the rank count, which AdamW alone would hide
         assert step_a["grad_norm"] == pytest.approx(step_b["grad_norm"], rel=1e-6)
@@ -92,10 +97,7 @@ def test_zero3_two_ranks_train_the_tiny_model(tiny_model_path, tmp_path):
 @pytest.mark.multiproc
 def test_prompt_once_group_token_mean_one_rank_vs_two(tiny_model_path, tmp_path):
     """A group split into two units on two ranks counts once: 1 rank x 4 micro-batches == 2 ranks x 2."""
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    run_python(os.path.join(DIST, "engine_groups.py"), [tiny_model_path, str(one)])
-    run_torchrun(os.path.join(DIST, "engine_groups.py"), [tiny_model_path, str(two)], nproc=2, timeout=300)
-    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    a, b = one_rank_and_two("engine_groups.py", tiny_model_path, tmp_path)
     for step_a, step_b in zip(a["history"], b["history"]):
         assert step_a["denominator"] == step_b["denominator"] == 3  # groups
         assert step_a["group_tokens"] == step_b["group_tokens"] == {0: 16.0, 1: 6.0, 2: 15.0}
