@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import deepspeed
 import torch
+import torch.distributed as dist
 
 from golong.trainer.batch import TrainSample
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
@@ -51,3 +52,15 @@ def two_steps(engine: PolicyEngine, micro_batches, my_samples, agg_mode: str) ->
                         "clipped": stats.clipped_low + stats.clipped_high, "tokens": stats.tokens,
                         "denominator": denom.value, "group_tokens": denom.group_tokens})
     return history
+
+
+def train_two_steps_and_save(engine: PolicyEngine, micro_batches, my_samples, agg_mode: str, out_file: str) -> None:
+    """The split-invariance scripts' common end: old log-probs from the current weights, two_steps, and rank 0
+    saves {"history", "weights"} (the weights gathered from every ZeRO-3 shard)."""
+    for mb in micro_batches:
+        mb.old_logprobs = engine.old_logprobs(mb)
+    history = two_steps(engine, micro_batches, my_samples, agg_mode)
+    weights = gathered_weights(engine.module)
+    if dist.get_rank() == 0:
+        torch.save({"history": history, "weights": weights}, out_file)
+    engine.close()

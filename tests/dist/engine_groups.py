@@ -7,10 +7,9 @@ gathered weights, grad norms and losses.
 """
 import sys
 
-import torch
 import torch.distributed as dist
 
-from engine_common import gathered_weights, random_samples, tiny_engine, two_steps
+from engine_common import random_samples, tiny_engine, train_two_steps_and_save
 from golong.trainer.batch import pack_units
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 
@@ -36,11 +35,4 @@ for group_id, (prompt_len, responses) in enumerate(GROUPS):
 my_batches = SPLITS[world][rank]
 my_samples = [samples[i] for mb in my_batches for u in mb for i in UNITS[u]]
 micro_batches = [pack_units([[samples[i] for i in UNITS[u]] for u in mb]) for mb in my_batches]
-for mb in micro_batches:
-    mb.old_logprobs = engine.old_logprobs(mb)
-
-history = two_steps(engine, micro_batches, my_samples, "group-token-mean")
-weights = gathered_weights(engine.module)
-if rank == 0:
-    torch.save({"history": history, "weights": weights}, OUT_FILE)
-engine.close()
+train_two_steps_and_save(engine, micro_batches, my_samples, "group-token-mean", OUT_FILE)

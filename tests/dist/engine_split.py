@@ -7,10 +7,9 @@ Rank 0 writes the gathered weights, grad norms and losses.
 """
 import sys
 
-import torch
 import torch.distributed as dist
 
-from engine_common import gathered_weights, random_samples, tiny_engine, two_steps
+from engine_common import random_samples, tiny_engine, train_two_steps_and_save
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 
@@ -28,11 +27,4 @@ samples = random_samples(SHAPES, seed=3, rollout_noise=0.5)
 my_batches = SPLITS[world][rank]
 my_samples = [samples[i] for mb in my_batches for i in mb]
 micro_batches = [pack([samples[i] for i in mb]) for mb in my_batches]
-for mb in micro_batches:
-    mb.old_logprobs = engine.old_logprobs(mb)
-
-history = two_steps(engine, micro_batches, my_samples, "seq-mean-token-mean")
-weights = gathered_weights(engine.module)
-if rank == 0:
-    torch.save({"history": history, "weights": weights}, OUT_FILE)
-engine.close()
+train_two_steps_and_save(engine, micro_batches, my_samples, "seq-mean-token-mean", OUT_FILE)
