@@ -36,9 +36,13 @@ def _train(args: argparse.Namespace) -> int:
     from golong.console import quiet_imports
 
     quiet_imports(cfg.logging.verbose)  # before DeepSpeed and vLLM are imported
-    from golong.trainer.loop import train
+    from golong.trainer.loop import TrainingStopped, train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except TrainingStopped as e:  # not a recipe mistake (exit 2): the run itself went wrong
+        print(f"golong: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -66,6 +66,12 @@ def grads(lp) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in lp.named_parameters() if p.grad is not None}
 
 
+def assert_same_logprobs(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """fp32 log-probs of two code paths agree to a few ulps of their size (the order of float additions,
+    e.g. thread-split reductions on CPU, may differ between them: never compared bitwise)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * max(1.0, expected.abs().max().item()))
+
+
 def test_tiny_moe_is_a_qwen3_moe_with_uint8_routes(moe_path):
     lp = load(moe_path)
     assert type(lp.model).__name__ == "Qwen3MoeForCausalLM"
@@ -85,7 +91,7 @@ def test_replaying_the_trainers_own_routes_equals_the_ordinary_forward(moe_path)
     lp.zero_grad()
     replayed = lp(**inputs(mb, routes))
     replayed.sum().backward()
-    assert torch.equal(plain, replayed)
+    assert_same_logprobs(replayed, plain)
     replayed_grads = grads(lp)
     assert plain_grads.keys() == replayed_grads.keys()
     for name, g in plain_grads.items():
@@ -103,7 +109,7 @@ def test_replayed_experts_are_used_per_token_and_the_router_keeps_its_gradient(m
     logp = lp(**inputs(mb, given))
     for h in hooks:
         h.remove()
-    assert not torch.equal(logp, lp(**inputs(mb)))  # other experts, other log-probs
+    assert (logp - lp(**inputs(mb))).abs().max() > 1e-3  # other experts, other log-probs
 
     # Every token's MoE output, by hand in float64 from the block's input: the given experts, weighted by
     # the router's softmax at them, renormalised (norm_topk_prob), through each expert's SwiGLU.
@@ -224,7 +230,7 @@ def test_router_agreement_counts_token_layer_choices_on_forwards_without_grad(mo
     lp.router_replay.apply = False  # measure only: the forward routes as the model does
     with torch.no_grad():
         measured = lp(**inputs(mb, changed))
-    assert torch.equal(measured, lp(**inputs(mb)))
+    assert_same_logprobs(measured, lp(**inputs(mb)))
     assert global_agreement(lp.router_replay.agreement) == pytest.approx(21 / 24)
     lp(**inputs(mb, changed))  # with grad: not counted
     assert lp.router_replay.agreement.total == 0
@@ -260,7 +266,7 @@ def test_zero3_engine_with_checkpointing_replays_like_plain_transformers(moe_pat
     run_python(os.path.join(REPO, "tests", "dist", "engine_router_replay.py"), [moe_path, str(out)])
     d = torch.load(out, weights_only=True)
     assert all(d["checkpointing"])  # the backward recomputed every layer
-    assert torch.equal(d["own"], d["plain"])  # own routes replayed == ordinary forward
+    assert_same_logprobs(d["own"], d["plain"])  # own routes replayed == ordinary forward
     assert d["own_agreement"] == 1.0 and d["foreign_agreement"] == 0.0
     torch.testing.assert_close(d["foreign"], d["reference_foreign"], rtol=0, atol=1e-5)
     assert (d["foreign"] - d["plain"]).abs().max() > 1e-3  # the routes mattered

@@ -194,3 +194,64 @@ def test_router_replay_on_two_ranks_trains_each_rank_on_the_routes_of_its_own_sa
         # the trainer's router picks the replayed experts for ~99% of (token, layer) choices (bf16 engine)
         assert r["rollout/router_agreement"] > 0.95, r["rollout/router_agreement"]
         assert math.isfinite(r["actor/grad_norm"])
+
+
+def checkpoint_tensors(step_dir) -> dict[str, torch.Tensor]:
+    """Every tensor of a ZeRO checkpoint's optimizer shards (each rank's fp32 weight partition and its
+    Adam moments), keyed by file and position: equal dicts mean equal weights and optimizer state."""
+    tensors = {}
+
+    def walk(prefix, value):
+        if torch.is_tensor(value):
+            tensors[prefix] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    for name in sorted(os.listdir(step_dir)):
+        if name.endswith("optim_states.pt"):
+            with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):  # the classes DeepSpeed pickles there
+                walk(name, torch.load(os.path.join(step_dir, name), weights_only=True)["optimizer_state_dict"])
+    assert any("exp_avg_sq" in k for k in tensors) and any("fp32" in k for k in tensors), sorted(tensors)[:20]
+    return tensors
+
+
+def same_state(a: dict, b: dict) -> bool:
+    # the same state saved twice (not two code paths): equal bit for bit
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_a_nan_loss_on_one_rank_skips_the_step_everywhere_and_three_in_a_row_stop_the_run(demo_assets, tmp_path):
+    """The non-finite guard in a real 2-rank run: GOLONG_TEST_NAN_STEPS poisons the loss of rank 1's first
+    micro-batch in steps 2, 4, 5 and 6. Step 2 is skipped on both ranks (weights and Adam moments equal
+    step 1's, the LR schedule does not advance), step 3 trains again, and the third skip in a row (step 6)
+    stops the run with an error, before its checkpoint."""
+    out = tmp_path / "nan"
+    proc = subprocess.run(train_command(demo_assets, out, "trainer.total_steps=8", "trainer.keep_last=8",
+                                        "trainer.warmup_steps=4", "trainer.export_hf=false", "logging.plot=false"),
+                          capture_output=True, text=True, env={**os.environ, **ENV, "GOLONG_TEST_NAN_STEPS": "2,4,5,6"},
+                          cwd=REPO, timeout=900)
+    assert proc.returncode != 0, proc.stderr[-4000:]
+    assert "golong: error: trainer.max_skipped_steps: 3 steps in a row (up to step 6)" in proc.stderr, proc.stderr[-4000:]
+    assert "step 2: a loss or the global gradient norm" in proc.stderr
+    records = metrics_of(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["actor/skipped_steps"] for r in records] == [0, 1, 0, 1, 1, 1]
+    assert all(math.isfinite(r["actor/grad_norm"]) for r in records if not r["actor/skipped_steps"])
+    lr = [r["actor/lr"] for r in records]
+    assert lr[0] < lr[1] == lr[2] < lr[3]  # warm-up: a skipped update does not advance the schedule
+    ckpts = out / "checkpoints"
+    assert sorted(d for d in os.listdir(ckpts) if d.startswith("step_")) == [f"step_{i:06d}" for i in range(1, 6)]
+    assert (ckpts / "latest").read_text().strip() == "step_000005"
+    state = {i: checkpoint_tensors(ckpts / f"step_{i:06d}") for i in range(1, 6)}
+    assert same_state(state[2], state[1])  # skipped: weights and Adam moments untouched, on both ranks' shards
+    assert not same_state(state[3], state[2])  # training went on
+    assert same_state(state[4], state[3]) and same_state(state[5], state[3])

@@ -111,6 +111,7 @@ class TrainerConfig:
     micro_batch_max_tokens: int = option(32768, "Token budget of one packed micro-batch (prompt + response tokens) per rank; with sequence parallelism a row holds up to this x sequence_parallel_size tokens, each rank of the SP group computing 1/sp of them.")
     share_prompt: bool = option(True, "Prompt-once groups: a micro-batch packs [prompt, r_1..r_k], the prompt computed once per group (or per unit of a split group); false packs one prompt+response sequence per response.")
     sequence_parallel_size: int = option(1, "Ranks that train one packed row together (Ulysses through DeepSpeed ALST: each holds 1/sp of the row's tokens, attention splits the heads). Must divide the world size and split the model's heads (query heads divisible by it; KV heads divisible by it or dividing it). 1 turns it off.")
+    max_skipped_steps: int = option(3, "Non-finite guard: a step whose loss or global gradient norm is not finite is skipped (weights and optimizer state unchanged, actor/skipped_steps counts it, a warning); this many skipped steps in a row stop the run with an error, its newest checkpoint holding the last good weights.")
     logprob_chunk_size: int = option(1024, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole (1024 x 151,936 fp32 = 0.58 GiB).")
 
     def validate(self) -> None:
@@ -138,6 +139,8 @@ class TrainerConfig:
             raise invalid("sequence_parallel_size", "needs ZeRO-3's reduce_scatter (DeepSpeed 0.19.8 scales gradients "
                           "inconsistently without it under sequence parallelism)",
                           "remove trainer.deepspeed.zero_optimization.reduce_scatter (it defaults to true)")
+        if self.max_skipped_steps < 1:
+            raise invalid("max_skipped_steps", f"must be at least 1, got {self.max_skipped_steps}", "use 3")
         if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
             raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 1024")
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -50,6 +52,30 @@ class StepStats:
     packing_efficiency: float  # real tokens / computed tokens
     tokens_per_s: float  # computed tokens / seconds spent in forward_backward and optimizer_step
     peak_memory_gib: float  # CUDA: peak allocated this step; CPU: the process's peak RSS so far
+    skipped_steps: int  # 1 when this update was discarded (a loss or the global grad norm not finite), else 0
+
+
+# Test-only hook: "2,5" makes the loss of micro-batch 0 on rank 1 (rank 0 alone) NaN in updates 2 and 5
+# (counted from 1 over the engine's optimizer steps: the training step when ppo_epochs is 1). Read only here.
+TEST_NAN_STEPS_ENV = "GOLONG_TEST_NAN_STEPS"
+
+
+def poisoned_updates(world: World) -> frozenset[int]:
+    """The updates whose loss this rank poisons (GOLONG_TEST_NAN_STEPS); empty outside tests."""
+    steps = frozenset(int(s) for s in os.environ.get(TEST_NAN_STEPS_ENV, "").split(",") if s.strip())
+    return steps if world.rank == min(1, world.size - 1) else frozenset()
+
+
+def nan_poisoned(loss: torch.Tensor) -> torch.Tensor:
+    """`loss`, made to carry NaN into every gradient it reaches when it is not finite itself.
+
+    A non-finite loss does not always give non-finite gradients (a NaN added to a finite term leaves
+    that term's gradient finite). Multiplying by NaN when the loss is not finite does: d(c * loss) = c * d(loss).
+    DeepSpeed's ZeRO optimizers (and its bf16 optimizer) then see a non-finite global gradient norm,
+    all-reduced over the ranks, and discard the update on every rank: weights, Adam moments and the LR
+    schedule untouched (`was_step_applied()` is False). No device-host sync: the test runs on the device.
+    """
+    return loss * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
 
 
 class LogProbModel(nn.Module):
@@ -155,6 +181,9 @@ def warmup_then_constant(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
+logger = logging.getLogger("golong")
+
+
 class PolicyEngine:
     """The trained policy: a DeepSpeed engine around the HF model, fed packed micro-batches."""
 
@@ -209,6 +238,7 @@ class PolicyEngine:
                 model=self._wrap(ref_model, ref_config, temperature, trainer_cfg.logprob_chunk_size), config=ref_config,
                 mpu=mpu)
             self.ref_engine.eval()
+        self._nan_updates = poisoned_updates(self.world)
         self._reset_step_counters()
 
     def _load_model(self, model_cfg: ModelConfig, ds_config: dict, dtype: torch.dtype):
@@ -275,6 +305,10 @@ class PolicyEngine:
         loss, stats = policy_loss(logp, mb.old_logprobs, mb.rollout_logprobs, mb.advantages, mb.loss_mask,
                                   mb.seq_index, self.loss_cfg, self.icepop_cfg, denom, entropy=entropy,
                                   ref_logp=mb.ref_logprobs, group_ids=mb.group_ids)
+        if self._micro_batches == 0 and self.ds_engine.global_steps + 1 in self._nan_updates:
+            loss = loss + float("nan")  # the test hook (TEST_NAN_STEPS_ENV)
+        self._micro_batches += 1
+        loss = nan_poisoned(loss)  # a non-finite loss discards the whole update, on every rank
         # `loss` is this micro-batch's share of the step's loss (a sum over the step divided by the
         # step-wide denominator). DeepSpeed averages gradients over ranks; `grad_scale` undoes its
         # division so they add up (sequence_parallel.gradient_scale); scale_wrt_gas=False keeps it from
@@ -289,11 +323,19 @@ class PolicyEngine:
         return stats
 
     def optimizer_step(self) -> StepStats:
-        """Clip, apply AdamW to the accumulated gradients, advance the LR schedule."""
+        """Clip, apply AdamW to the accumulated gradients, advance the LR schedule; or, when any rank's
+        loss or the global gradient norm is not finite, discard the update on every rank (`nan_poisoned`):
+        weights, optimizer state and LR schedule stay as they were, and `skipped_steps` is 1."""
         start = time.perf_counter()
         lr = self.ds_engine.get_lr()[0]
         self.ds_engine.step()
         grad_norm = self.ds_engine.get_global_grad_norm()
+        skipped = not self.ds_engine.was_step_applied()
+        if not skipped and grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).item():
+            # DeepSpeed without a ZeRO optimizer in fp32 applies any gradient: refuse to go on with such weights
+            raise RuntimeError(f"DeepSpeed applied an update whose global gradient norm is {grad_norm}: "
+                               f"trainer.zero_stage={self.ds_engine.zero_optimization_stage()} in fp32 has no "
+                               "overflow check; use zero_stage 1, 2 or 3")
         self._busy_s += time.perf_counter() - start
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
@@ -302,12 +344,13 @@ class PolicyEngine:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         stats = StepStats(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"), lr=lr,
                           tokens=self._tokens, packing_efficiency=self._real_tokens / max(self._tokens, 1),
-                          tokens_per_s=self._tokens / max(self._busy_s, 1e-9), peak_memory_gib=peak / 2**30)
+                          tokens_per_s=self._tokens / max(self._busy_s, 1e-9), peak_memory_gib=peak / 2**30,
+                          skipped_steps=int(skipped))
         self._reset_step_counters()
         return stats
 
     def _reset_step_counters(self) -> None:
-        self._tokens = self._real_tokens = 0
+        self._tokens = self._real_tokens = self._micro_batches = 0
         self._busy_s = 0.0
 
     def close(self) -> None:

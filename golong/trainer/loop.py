@@ -128,11 +128,13 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
                                   run.constant_norm_length)
     loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
+    skipped = 0  # updates discarded by the non-finite guard (PolicyEngine.optimizer_step)
     with timer.phase("update"):
         for _ in range(cfg.algorithm.ppo_epochs):
             for mb in micro_batches:
                 loss_stats = loss_stats + policy.forward_backward(mb, denom)
             step_stats = policy.optimizer_step()
+            skipped += step_stats.skipped_steps
 
     # 8. weight sync into vLLM (on CUDA: weights woken first, the KV cache only after the sync)
     with timer.phase("sync"):
@@ -148,6 +150,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
         **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
+        "actor/skipped_steps": float(skipped),
         "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)
         "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
         **replay_metrics,
@@ -241,6 +244,30 @@ def step_logprob_abs_diff(run: Run, micro_batches) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # Setup and the outer loop
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (trainer.max_skipped_steps non-finite steps in a row); its checkpoints are intact."""
+
+
+def count_skipped(cfg: Config, world: World, step: int, step_metrics: dict[str, float], in_a_row: int) -> int:
+    """The non-finite guard's outer half: steps skipped in a row so far, this one included; a warning per
+    skipped step, and TrainingStopped once trainer.max_skipped_steps are skipped in a row (before the
+    step's checkpoint, so the newest checkpoint holds the last good weights)."""
+    if not step_metrics.get("actor/skipped_steps"):
+        return 0
+    in_a_row += 1
+    limit = cfg.trainer.max_skipped_steps
+    if world.is_main:
+        logger.warning("step %d: a loss or the global gradient norm (%s) is not finite: update skipped, weights and "
+                       "optimizer state unchanged (%d in a row; the run stops at trainer.max_skipped_steps=%d)",
+                       step, step_metrics.get("actor/grad_norm"), in_a_row, limit)
+    if in_a_row >= limit:
+        raise TrainingStopped(f"trainer.max_skipped_steps: {in_a_row} steps in a row (up to step {step}) had a "
+                              "non-finite loss or gradient norm, so the run stops; the newest checkpoint holds the "
+                              "last good weights. Fix: look for the cause (learning rate, data, rollout/trainer "
+                              "mismatch) before resuming, or raise trainer.max_skipped_steps")
+    return in_a_row
 
 
 def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:
@@ -358,6 +385,7 @@ def train(cfg: Config) -> None:
         metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total, start_step=step)
         rounds = 0  # generation rounds of this process's steps: the total's estimate
         first = step
+        skipped_in_a_row = 0
         while not finished(cfg, step, sampler):
             step += 1
             timer = PhaseTimer()
@@ -367,6 +395,7 @@ def train(cfg: Config) -> None:
             metrics.set_total(estimated_total_steps(cfg, step, sampler, rounds / (step - first)))
             metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
                                "data/dropped_long_prompts": float(data.num_dropped_long)})
+            skipped_in_a_row = count_skipped(cfg, world, step, step_metrics, skipped_in_a_row)
             if finished(cfg, step, sampler) or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
                 checkpointer.save(policy.ds_engine, RunState(step=step, sampler=sampler.state_dict()))
 
