@@ -189,3 +189,20 @@ def test_reload_runs_under_the_workers_vllm_config(engine, tiny_model_path):
     assert taken == len(list(model.named_parameters())) + 1  # the last call ends the iteration
     assert under_worker_config == taken
     engine.llm.reset_prefix_cache()
+
+
+def test_per_request_seeds_fix_the_samples(engine):
+    """At temperature 1 the same seeds give the same responses whatever the engine served in between;
+    other seeds give other responses; the engine records the seeds it asked vLLM for."""
+    from golong.rollout.engine import request_seeds
+
+    seeds = request_seeds(3, 0, range(len(PROMPTS)))
+    first = engine.generate(PROMPTS, seeds=seeds, temperature=1.0)
+    assert engine.last_seeds == seeds
+    engine.generate(PROMPTS, temperature=1.0)  # unseeded: moves vLLM's engine-wide generator on
+    again = engine.generate(PROMPTS, seeds=seeds, temperature=1.0)
+    assert again.response_ids == first.response_ids
+    other = engine.generate(PROMPTS, seeds=request_seeds(3, 1, range(len(PROMPTS))), temperature=1.0)
+    assert other.response_ids != first.response_ids
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        engine.generate(PROMPTS, seeds=seeds[:2])

@@ -20,10 +20,10 @@ class RolloutConfig:
     cpu_kvcache_space_gib: int = option(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     enable_prefix_caching: bool = option(True, "Share a prompt's KV cache among its G responses.")
     enforce_eager: bool = option(False, "No CUDA graphs or torch.compile: slower generation, faster start (no ~20 s CPU warm-up).")
-    sleep_level: Literal[0, 1, 2] = option(1, "CUDA only: 0 never sleep; 1 offload weights, drop KV cache; 2 drop both (weights re-synced on wake).")
+    sleep_level: Literal[0, 1, 2] = option(2, "CUDA sleep mode while training: 2 frees the engine's weights and KV cache (its buffers, a few MB, wait in host memory); the weights wake as garbage and the sync refills them before the KV cache wakes. 1 also frees both but first copies every weight to pinned host memory and back each step, though the sync overwrites them all (30B-A3B bf16, 61 GB, at TP 4 on an 8-GPU node: two engines, ~122 GB pinned). 0 never sleeps: the KV cache stays while training.")
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
-    seed: int = option(0, "Sampling seed; each rollout data-parallel group (tensor_parallel_size ranks) adds its index.")
+    seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
     router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts; CPU: an in-process recorder that runs the engine eager and without prefix caching.")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
 
