@@ -24,7 +24,7 @@ class RolloutConfig:
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
     seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
-    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts; CPU: an in-process recorder that runs the engine eager and without prefix caching.")
+    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only).")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
 
     def validate(self) -> None:
@@ -44,6 +44,29 @@ class RolloutConfig:
             raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")
+        self._check_routes()
+
+    def _check_routes(self) -> None:
+        """What vLLM 0.32's routed-experts output (the CUDA route source) cannot do.
+
+        It returns the routes on the first rank of a tensor-parallel group only (its aux-output worker keeps
+        no store on the others), and with golong's colocated engines (external_launcher) every rank runs its
+        own scheduler, which asserts on the missing output on the other ranks. It also keeps the routes per
+        cached KV block and refuses to start without prefix caching (on CPU golong's in-process recorder
+        turns prefix caching off itself, so the key matters only on CUDA, and is checked alike)."""
+        key = "router_replay" if self.router_replay else "record_routes" if self.record_routes else None
+        if key is None:
+            return
+        if self.tensor_parallel_size > 1:
+            raise invalid(key, f"needs rollout.tensor_parallel_size=1, got {self.tensor_parallel_size}: vLLM 0.32 "
+                          "returns routed experts on the first rank of a tensor-parallel group only, and the "
+                          "other ranks' schedulers assert on the missing output",
+                          f"set rollout.tensor_parallel_size=1 (the engine's weights must then fit one GPU), "
+                          f"or rollout.{key}=false")
+        if not self.enable_prefix_caching:
+            raise invalid("enable_prefix_caching", f"false with rollout.{key}: vLLM 0.32 returns routed experts "
+                          "only with prefix caching on", "set rollout.enable_prefix_caching=true (on CPU the "
+                          "route recorder turns it off by itself)")
 
 
 def check_router_replay(cfg: RolloutConfig, model_path: str) -> None:
