@@ -44,7 +44,7 @@ from golong.rollout.weight_sync import (
     plan_buckets,
     reload_weights_in_place,
 )
-from golong.world import World, current_world
+from golong.world import World, current_world, rejoin_world
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class RolloutEngine:
         if max_model_len <= cfg.max_response_length:
             raise ValueError(f"max_model_len={max_model_len} leaves no room for a prompt next to "
                              f"rollout.max_response_length={cfg.max_response_length}")
+        rejoin_world(self.world)  # a previous engine's shutdown destroyed the process group (close)
         self.cfg = cfg
         self.max_model_len = max_model_len
         self.dp_rank, self.dp_size = rank // tp, world // tp  # vLLM's TP groups are consecutive ranks
@@ -301,7 +302,8 @@ class RolloutEngine:
 
         vLLM 0.32's shutdown also tears down torch.distributed (EngineCore.shutdown ->
         cleanup_dist_env_and_memory destroys the default process group), so under torchrun
-        close the rollout engine after everything else that needs the process group.
+        close the rollout engine after everything else that needs the process group; a next
+        RolloutEngine rejoins the world first (golong.world.rejoin_world).
         """
         if self.llm is None:
             return
