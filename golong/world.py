@@ -10,6 +10,10 @@
 Every component that needs to know its rank takes a `World` (the loop, the rollout collector, the
 checkpointer, the engines). Nothing else reads RANK/WORLD_SIZE from the environment.
 
+vLLM's shutdown destroys the default process group (RolloutEngine.close); a RolloutEngine built after
+that (calibration's second model) first rejoins the world (`rejoin_world`): vLLM would otherwise make a
+group of its own tensor-parallel size and the ranks could not meet.
+
 A world of one (plain `python`, no torchrun) still gets a process group, backed by an in-memory
 HashStore: DeepSpeed's ZeRO-3 (zero.Init, the engine) needs torch.distributed even alone, and it reads
 RANK, LOCAL_RANK and WORLD_SIZE from the environment, so those are set to 0/0/1. The collectives of a
@@ -115,6 +119,25 @@ def init_world() -> World:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **device_id)
         atexit.register(_destroy_group)  # torch warns (and NCCL may leak) when a process exits without it
     return world
+
+
+_rejoins = 0  # process groups re-created after a teardown, in this process
+
+
+def rejoin_world(world: World) -> None:
+    """Re-create `world`'s default process group if something destroyed it (vLLM's shutdown); collective.
+
+    torch resets its group names when the default group is destroyed, so a second rendezvous in the same
+    store (torchrun's agent store, which outlives the group) would read the first one's keys: each rejoin
+    meets under a prefix of its own."""
+    global _rejoins
+    if world.size == 1 or dist.is_initialized():
+        return
+    _rejoins += 1
+    store, _, _ = next(dist.rendezvous("env://", world.rank, world.size))  # torchrun's MASTER_ADDR/MASTER_PORT
+    device_id = {"device_id": torch.device("cuda", world.local_rank)} if world.backend == "nccl" else {}
+    dist.init_process_group(world.backend, store=dist.PrefixStore(f"golong-rejoin-{_rejoins}", store),
+                            rank=world.rank, world_size=world.size, **device_id)
 
 
 def _destroy_group() -> None:

@@ -1,6 +1,8 @@
 """Pass-rate calibration (section 3.4): labels from fixed pass rates, and one run with the tiny model."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -57,22 +59,21 @@ def released(index, data_source, gold, mode=None, content="Read the text and ans
             "reward_model": {"ground_truth": truth}, "extra_info": {"index": index, "reward_mode": mode}}
 
 
-@pytest.mark.slow
-def test_calibrate_released_records_with_the_tiny_model(tiny_model_path, tmp_path, capsys):
-    """Both stages with real engines. The random tiny model never writes `Fredville` or `zzqxj`, so
-    those rows fail both stages and are discarded; with `--pass-threshold 1e-9` any partial SubEM
-    credit passes, so rows whose gold is one common letter get real, varied pass rates."""
-    rows = [released(0, "EM", "Fredville"),
-            released(1, "longbench_pro", ["e"], "SubEM", content="长上下文：请回答。"),
-            released(2, "longbench_pro", ["a"], "SubEM"),
-            released(3, "longbench_pro", ["zzqxj"], "SubEM")]
+ROWS = [released(0, "EM", "Fredville"),
+        released(1, "longbench_pro", ["e"], "SubEM", content="长上下文：请回答。"),
+        released(2, "longbench_pro", ["a"], "SubEM"),
+        released(3, "longbench_pro", ["zzqxj"], "SubEM")]
+CALIBRATE_ARGS = ["--g", "4", "--max-tokens", "8", "--pass-threshold", "1e-9", "--gpu-memory-utilization", "0.3"]
+
+
+def write_rows(tmp_path):
     train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    out = tmp_path / "labelled.jsonl"
-    code = data_main(["calibrate", "--train", str(train), "--model", tiny_model_path, "--model2", tiny_model_path,
-                      "--g", "4", "--max-tokens", "8", "--pass-threshold", "1e-9",
-                      "--gpu-memory-utilization", "0.3", "--out", str(out)])
-    assert code == 0
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    return train
+
+
+def check_labelled(out, rows=ROWS) -> list[dict]:
+    """The written rows: discarded ones left out, labels consistent with the pass rates written in."""
     labelled = [json.loads(line) for line in open(out, encoding="utf-8")]
     kept = {r["extra_info"]["index"] for r in labelled}
     assert kept <= {1, 2}  # rows 0 and 3 can earn nothing: discarded, left out
@@ -82,6 +83,39 @@ def test_calibrate_released_records_with_the_tiny_model(tiny_model_path, tmp_pat
         assert info["pass_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}
         assert ("pass_rate_stage2" in info) == (stage1_label(info["pass_rate"]) == "unsolved")
         assert info["difficulty"] == difficulty(info["pass_rate"], info.get("pass_rate_stage2"))
+    return labelled
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_calibrate_with_a_second_model_under_torchrun(tiny_model_path, tmp_path):
+    """Two ranks, two models: stage 2's engine starts after stage 1's, whose shutdown destroyed the
+    process group (vLLM's external_launcher teardown); the collectives of stage 2 need the world back."""
+    from conftest import REPO, free_port
+    from golong.tiny_model import TinyModelSpec, build_tiny_model
+
+    model2 = build_tiny_model(str(tmp_path / "model2"), spec=TinyModelSpec(seed=1))
+    train, out = write_rows(tmp_path), tmp_path / "labelled.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", "-m", "golong", "data", "calibrate", "--train", str(train),
+                           "--model", tiny_model_path, "--model2", model2, *CALIBRATE_ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    labelled = check_labelled(out)
+    assert f"discarded {4 - len(labelled)}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_released_records_with_the_tiny_model(tiny_model_path, tmp_path, capsys):
+    """Both stages with real engines. The random tiny model never writes `Fredville` or `zzqxj`, so
+    those rows fail both stages and are discarded; with `--pass-threshold 1e-9` any partial SubEM
+    credit passes, so rows whose gold is one common letter get real, varied pass rates."""
+    train, out = write_rows(tmp_path), tmp_path / "labelled.jsonl"
+    code = data_main(["calibrate", "--train", str(train), "--model", tiny_model_path, "--model2", tiny_model_path,
+                      *CALIBRATE_ARGS, "--out", str(out)])
+    assert code == 0
+    labelled = check_labelled(out)
     counts = {label: sum(r["extra_info"]["difficulty"] == label for r in labelled) for label in ("easy", "medium", "hard")}
     printed = capsys.readouterr().out
     assert f"easy:medium:hard = {counts['easy']}:{counts['medium']}:{counts['hard']} " in printed

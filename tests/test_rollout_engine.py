@@ -148,3 +148,61 @@ def test_sync_from_a_plain_model(engine, tiny_model_path, reference):
     finally:
         engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32))
     assert engine.generate(PROMPTS, n=1, temperature=0.0).response_ids == before
+
+
+class ConfigRecordingWeights:
+    """A weights iterator that records, each time vLLM's reload takes a weight, the vLLM config current then."""
+
+    def __init__(self, weights):
+        self.weights, self.seen = iter(weights), []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        from vllm.config import get_current_vllm_config_or_none
+
+        self.seen.append(get_current_vllm_config_or_none())
+        return next(self.weights)
+
+
+def reload_recording_config(worker, weights) -> tuple[int, int]:
+    """collective_rpc target: golong's in-place reload; (weights taken, taken under the worker's own config)."""
+    from golong.rollout.weight_sync import reload_weights_in_place
+
+    recording = ConfigRecordingWeights(weights)
+    reload_weights_in_place(worker, recording)
+    return len(recording.seen), sum(config is worker.vllm_config for config in recording.seen)
+
+
+def test_reload_runs_under_the_workers_vllm_config(engine, tiny_model_path):
+    """As vLLM's Worker.reload_weights: layer loaders and process_weights_after_loading may call
+    get_current_vllm_config(), which raises outside set_current_vllm_config. Reloads the original
+    weights, so the engine ends as it started."""
+    from transformers import AutoModelForCausalLM
+
+    from golong.rollout.weight_sync import gathered_weights, plan_buckets
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    weights = gathered_weights(model, plan_buckets(list(model.named_parameters()), 2**20), torch.bfloat16)
+    ((taken, under_worker_config),) = engine.llm.collective_rpc(reload_recording_config, args=(weights,))
+    assert taken == len(list(model.named_parameters())) + 1  # the last call ends the iteration
+    assert under_worker_config == taken
+    engine.llm.reset_prefix_cache()
+
+
+def test_per_request_seeds_fix_the_samples(engine):
+    """At temperature 1 the same seeds give the same responses whatever the engine served in between;
+    other seeds give other responses; the engine records the seeds it asked vLLM for."""
+    from golong.rollout.engine import request_seeds
+
+    seeds = request_seeds(3, 0, range(len(PROMPTS)))
+    first = engine.generate(PROMPTS, seeds=seeds, temperature=1.0)
+    assert engine.last_seeds == seeds
+    engine.generate(PROMPTS, temperature=1.0)  # unseeded: moves vLLM's engine-wide generator on
+    again = engine.generate(PROMPTS, seeds=seeds, temperature=1.0)
+    assert again.response_ids == first.response_ids
+    other = engine.generate(PROMPTS, seeds=request_seeds(3, 1, range(len(PROMPTS))), temperature=1.0)
+    assert other.response_ids != first.response_ids
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        engine.generate(PROMPTS, seeds=seeds[:2])

@@ -165,3 +165,31 @@ def test_router_replay_on_a_dense_model_is_refused_at_validation(tiny_model_path
     with pytest.raises(ConfigError, match=r"rollout.record_routes"):
         load_config(None, [f"model.path={tiny_model_path}", "rollout.record_routes=true"])
     assert load_config(None, [f"model.path={moe_path}", "rollout.router_replay=true"]).rollout.router_replay
+
+
+def test_routes_with_tensor_parallelism_or_without_prefix_caching_are_refused_at_dry_run():
+    """vLLM 0.32's routed experts come back on a TP group's first rank only (the other ranks' schedulers
+    assert) and need prefix caching: `--dry-run` refuses both, naming the keys; the shipped 30B recipes pass."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def dry_run(recipe, *overrides):
+        env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+        return subprocess.run([sys.executable, "-m", "golong", "train", recipe, *overrides, "--dry-run"],
+                              capture_output=True, text=True, timeout=180, cwd=REPO, env={**env, "PYTHONPATH": REPO})
+
+    recipe = "recipes/qwen3-30b-a3b-grpo.yaml"
+    refused = dry_run(recipe, "rollout.router_replay=true")
+    assert refused.returncode == 2 and "\n" not in refused.stderr.strip(), refused.stderr[-2000:]
+    assert refused.stderr.startswith("golong: error: rollout.router_replay: needs rollout.tensor_parallel_size=1, "
+                                     "got 4: vLLM 0.32 returns routed experts on the first rank")
+    assert "Fix: set rollout.tensor_parallel_size=1" in refused.stderr
+    refused = dry_run(recipe, "rollout.record_routes=true", "rollout.tensor_parallel_size=1",
+                      "rollout.enable_prefix_caching=false")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("golong: error: rollout.enable_prefix_caching: false with rollout.record_routes")
+    for shipped in (recipe, "recipes/qwen3-30b-a3b-tmn-reweight.yaml"):
+        assert dry_run(shipped).returncode == 0

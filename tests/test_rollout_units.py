@@ -97,3 +97,46 @@ def test_engine_rejects_a_tensor_parallel_size_the_world_cannot_hold():
         RolloutEngine(RolloutConfig(tensor_parallel_size=2), "unused", max_model_len=100_000)
     with pytest.raises(ValueError, match="leaves no room for a prompt"):
         RolloutEngine(RolloutConfig(max_response_length=64), "unused", max_model_len=64)
+
+
+def test_request_seeds_are_a_pure_function_of_seed_step_and_prompt():
+    from golong.rollout.engine import request_seeds
+
+    seeds = request_seeds(3, 7, [0, 1, 2, 3])
+    assert seeds == request_seeds(3, 7, [0, 1, 2, 3])  # another rank, another process: the same
+    assert request_seeds(3, 7, [2, 3]) == seeds[2:]  # a prompt's seed does not depend on its neighbours
+    assert len(set(seeds)) == 4  # prompts of one step differ
+    assert not set(seeds) & set(request_seeds(3, 8, [0, 1, 2, 3]))  # the next step differs
+    assert not set(seeds) & set(request_seeds(4, 7, [0, 1, 2, 3]))  # another rollout.seed differs
+    # vLLM gives a request's n samples seed + 0 .. n - 1: all stay within int64
+    assert all(0 <= s < 2**62 for s in seeds)
+
+
+def test_sleep_state_accepts_the_step_order_and_refuses_every_other():
+    from golong.rollout.engine import SleepState
+
+    for level in (1, 2):
+        state = SleepState(level)
+        for _ in range(2):  # two steps
+            state.generate(); state.generate()  # dynamic sampling: rounds
+            state.sleep(); state.wake_up_weights(); state.sync(); state.wake_up_kv_cache()
+        state.sync()  # awake: a sync with the KV cache up is allowed (no memory bound, no wrong data)
+    state = SleepState(2)
+    state.sleep()
+    with pytest.raises(RuntimeError, match="generate while asleep"):
+        state.generate()
+    with pytest.raises(RuntimeError, match="sync_weights while asleep"):  # CUDA: the weights are unmapped
+        state.sync()
+    with pytest.raises(RuntimeError, match="wake_up_kv_cache while asleep"):
+        state.wake_up_kv_cache()
+    state.wake_up_weights()
+    with pytest.raises(RuntimeError, match="dropped the weights: call sync_weights"):  # level 2: garbage weights
+        state.wake_up_kv_cache()
+    with pytest.raises(RuntimeError, match="generate while weights_awake"):
+        state.generate()
+    level1 = SleepState(1)
+    level1.sleep(); level1.wake_up_weights(); level1.wake_up_kv_cache()  # level 1 kept the weights: allowed
+    with pytest.raises(RuntimeError, match="wake_up_weights while awake"):
+        level1.wake_up_weights()
+    never = SleepState(0)  # sleep_level 0: sleep and wake change nothing
+    never.sleep(); never.generate(); never.wake_up_kv_cache(); never.sync(); never.generate()

@@ -17,8 +17,8 @@ golong calls a response passing when its reward is at least `pass_threshold` (re
 r = 1 and for continuous rewards (F1, NDCG, ROUGE-L ...) is a tunable bar.
 
 Sampling defaults to the training setting (temperature 1.0, top-p 1.0, section 5.1) with G = 8.
-Run it as one process, not under torchrun: stage 2 starts a second engine after the first one's
-shutdown, which under torchrun tears down torch.distributed (RolloutEngine.close).
+Under torchrun each stage's engine serves its share of the rows; stage 2's engine starts after stage 1's
+shutdown tore down torch.distributed, and rejoins the world first (RolloutEngine, golong.world.rejoin_world).
 """
 from __future__ import annotations
 

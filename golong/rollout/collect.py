@@ -197,12 +197,16 @@ class RolloutCollector:
         self._task_id = {t: i for i, t in enumerate(tasks)}
         self.route_store: dict[int, np.ndarray] = {}  # this rank's responses' routes, by RouteRef.key
 
-    def collect(self, rows: list[int], first_group: int = 0) -> Rollouts:
+    def collect(self, rows: list[int], first_group: int = 0, step: int = 0) -> Rollouts:
         """G responses for each of `rows` (indices into examples), scored, from every rank. Collective: every
-        rank passes the same rows and gets the same Rollouts. Row k's group id is first_group + k."""
+        rank passes the same rows and gets the same Rollouts. Row k's group id is first_group + k; its
+        sampling seed derives from (rollout.seed, step, group id): the same on every rank (request_seeds)."""
+        from golong.rollout.engine import request_seeds
+
         engine = self.engine
         mine = list(range(engine.dp_rank, len(rows), engine.dp_size))  # positions in `rows`
-        batch = engine.generate([self.prompts[rows[p]] for p in mine])
+        batch = engine.generate([self.prompts[rows[p]] for p in mine],
+                                seeds=request_seeds(engine.cfg.seed, step, [first_group + p for p in mine]))
         local = Rollouts.empty()
         if engine.leads_tp_group:  # its TP group's other ranks got the same responses: one copy is kept
             position = [mine[k] for k in batch.prompt_index]
@@ -246,16 +250,17 @@ class RolloutCollector:
         return [incoming[ref.rank][ref.key] for ref in needed[me]]
 
     def collect_step(self, next_rows: Callable[[], list[int]], target_groups: int, *, filter_groups: bool,
-                     max_rounds: int) -> StepRollouts:
+                     max_rounds: int, step: int = 0) -> StepRollouts:
         """One training step's rollouts; `next_rows()` draws a round of prompts (PromptSampler.next_batch).
-        The previous step's routes are dropped from this rank's store."""
+        `step` identifies the step in the sampling seeds: unique per step, the same on every rank and after
+        a resume. The previous step's routes are dropped from this rank's store."""
         self.route_store.clear()
-        return sample_step(lambda first_group: self._round(next_rows, first_group), target_groups,
+        return sample_step(lambda first_group: self._round(next_rows, first_group, step), target_groups,
                            filter_groups=filter_groups, max_rounds=max_rounds)
 
-    def _round(self, next_rows: Callable[[], list[int]], first_group: int) -> tuple[Rollouts, int]:
+    def _round(self, next_rows: Callable[[], list[int]], first_group: int, step: int) -> tuple[Rollouts, int]:
         rows = next_rows()
-        return self.collect(rows, first_group), len(rows)
+        return self.collect(rows, first_group, step), len(rows)
 
 
 def _concat_routes(parts: list[Rollouts]) -> list[RouteRef] | None:

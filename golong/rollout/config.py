@@ -20,11 +20,11 @@ class RolloutConfig:
     cpu_kvcache_space_gib: int = option(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     enable_prefix_caching: bool = option(True, "Share a prompt's KV cache among its G responses.")
     enforce_eager: bool = option(False, "No CUDA graphs or torch.compile: slower generation, faster start (no ~20 s CPU warm-up).")
-    sleep_level: Literal[0, 1, 2] = option(1, "CUDA only: 0 never sleep; 1 offload weights, drop KV cache; 2 drop both (weights re-synced on wake).")
+    sleep_level: Literal[0, 1, 2] = option(2, "CUDA sleep mode while training: 2 frees the engine's weights and KV cache (its buffers, a few MB, wait in host memory); the weights wake as garbage and the sync refills them before the KV cache wakes. 1 also frees both but first copies every weight to pinned host memory and back each step, though the sync overwrites them all (30B-A3B bf16, 61 GB, at TP 4 on an 8-GPU node: two engines, ~122 GB pinned). 0 never sleeps: the KV cache stays while training.")
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
-    seed: int = option(0, "Sampling seed; each rollout data-parallel group (tensor_parallel_size ranks) adds its index.")
-    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts; CPU: an in-process recorder that runs the engine eager and without prefix caching.")
+    seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
+    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only).")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
 
     def validate(self) -> None:
@@ -44,6 +44,29 @@ class RolloutConfig:
             raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")
+        self._check_routes()
+
+    def _check_routes(self) -> None:
+        """What vLLM 0.32's routed-experts output (the CUDA route source) cannot do.
+
+        It returns the routes on the first rank of a tensor-parallel group only (its aux-output worker keeps
+        no store on the others), and with golong's colocated engines (external_launcher) every rank runs its
+        own scheduler, which asserts on the missing output on the other ranks. It also keeps the routes per
+        cached KV block and refuses to start without prefix caching (on CPU golong's in-process recorder
+        turns prefix caching off itself, so the key matters only on CUDA, and is checked alike)."""
+        key = "router_replay" if self.router_replay else "record_routes" if self.record_routes else None
+        if key is None:
+            return
+        if self.tensor_parallel_size > 1:
+            raise invalid(key, f"needs rollout.tensor_parallel_size=1, got {self.tensor_parallel_size}: vLLM 0.32 "
+                          "returns routed experts on the first rank of a tensor-parallel group only, and the "
+                          "other ranks' schedulers assert on the missing output",
+                          f"set rollout.tensor_parallel_size=1 (the engine's weights must then fit one GPU), "
+                          f"or rollout.{key}=false")
+        if not self.enable_prefix_caching:
+            raise invalid("enable_prefix_caching", f"false with rollout.{key}: vLLM 0.32 returns routed experts "
+                          "only with prefix caching on", "set rollout.enable_prefix_caching=true (on CPU the "
+                          "route recorder turns it off by itself)")
 
 
 def check_router_replay(cfg: RolloutConfig, model_path: str) -> None:

@@ -10,20 +10,26 @@ the sampled ids with vLLM's processed log-probs (after temperature and top-p; th
 temperature only, so training keeps top_p=1.0, which the config enforces while IcePop is on). Training
 uses exactly what was sampled; nothing is decoded and re-encoded.
 
-One step, as the training loop drives it (CUDA; on CPU the sleep/wake calls are no-ops):
+One step, as the training loop drives it:
 
-    batch = engine.generate(prompts)       # engine awake
-    engine.sleep()                         # free weights (level 1: offload, 2: drop) and KV cache
+    batch = engine.generate(prompts, seeds=...)  # engine awake
+    engine.sleep()                               # free the KV cache and the weights (level 2: dropped)
     ... train ...
-    engine.wake_up_weights()
-    engine.sync_weights(model)             # gathered buckets never share memory with the KV cache
-    engine.wake_up_kv_cache()
+    engine.update_weights(model)                 # wake_up_weights -> sync_weights -> wake_up_kv_cache:
+                                                 # gathered buckets never share memory with the KV cache
+
+The order is checked on every platform (`SleepState`: a call out of order raises), although only CUDA
+has vLLM's sleep mode; elsewhere the sleep/wake calls free nothing. With GOLONG_ROLLOUT_TRACE=FILE set,
+every rank appends each call it made ({"rank", "event"[, "seeds"]}, one JSON line) to FILE: a diagnostic.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -38,9 +44,62 @@ from golong.rollout.weight_sync import (
     plan_buckets,
     reload_weights_in_place,
 )
-from golong.world import World, current_world
+from golong.world import World, current_world, rejoin_world
 
 logger = logging.getLogger(__name__)
+
+
+class SleepState:
+    """Where the engine is in the step's sleep cycle, so that a call out of order fails on every platform
+    (CUDA sleep mode would otherwise write into unmapped weights or serve requests from dropped ones).
+
+    awake --sleep--> asleep --wake_up_weights--> weights_awake --sync--> weights_awake (synced)
+          <--------------------------wake_up_kv_cache-----------------------'
+    Level 2 drops the weights: wake_up_kv_cache needs a sync after the wake. Level 0 never sleeps."""
+
+    def __init__(self, level: int):
+        self.level = level
+        self.state = "awake"
+        self.weights_stale = False  # level-2 sleep dropped the weights and no sync has refilled them
+
+    def _expect(self, call: str, *states: str) -> None:
+        if self.state not in states:
+            raise RuntimeError(f"rollout engine: {call} while {self.state}; the step's order is generate -> "
+                               "sleep -> wake_up_weights -> sync_weights -> wake_up_kv_cache")
+
+    def generate(self) -> None:
+        self._expect("generate", "awake")
+
+    def sleep(self) -> None:
+        if self.level:
+            self._expect("sleep", "awake")
+            self.state, self.weights_stale = "asleep", self.level == 2
+
+    def wake_up_weights(self) -> None:
+        if self.level:
+            self._expect("wake_up_weights", "asleep")
+            self.state = "weights_awake"
+
+    def sync(self) -> None:
+        self._expect("sync_weights", "awake", "weights_awake")  # awake: a sync with the KV cache up (allowed)
+        self.weights_stale = False
+
+    def wake_up_kv_cache(self) -> None:
+        if self.level:
+            self._expect("wake_up_kv_cache", "weights_awake")
+            if self.weights_stale:
+                raise RuntimeError("rollout engine: level-2 sleep dropped the weights: call sync_weights "
+                                   "before wake_up_kv_cache")
+            self.state = "awake"
+
+
+def request_seeds(seed: int, step: int, prompt_ids: Sequence[int]) -> list[int]:
+    """One sampling seed per request: a pure function of (rollout.seed, the step, the prompt's global
+    identity in that step), never of which rank generates it, so every rank of a tensor-parallel group
+    builds the very same SamplingParams. vLLM seeds the request's own generator with it (its n samples
+    take seed + 0 .. n - 1: parallel sampling's child requests). 62 bits, so seed + n stays an int64."""
+    return [int.from_bytes(hashlib.blake2b(f"golong-rollout:{seed}:{step}:{prompt}".encode(),
+                                           digest_size=8).digest(), "little") >> 2 for prompt in prompt_ids]
 
 
 class RolloutEngine:
@@ -60,6 +119,7 @@ class RolloutEngine:
         if max_model_len <= cfg.max_response_length:
             raise ValueError(f"max_model_len={max_model_len} leaves no room for a prompt next to "
                              f"rollout.max_response_length={cfg.max_response_length}")
+        rejoin_world(self.world)  # a previous engine's shutdown destroyed the process group (close)
         self.cfg = cfg
         self.max_model_len = max_model_len
         self.dp_rank, self.dp_size = rank // tp, world // tp  # vLLM's TP groups are consecutive ranks
@@ -75,7 +135,9 @@ class RolloutEngine:
 
         # Sleep mode needs the CUDA memory pool; elsewhere sleep/wake are no-ops.
         self.sleep_mode = cfg.sleep_level > 0 and current_platform.is_sleep_mode_available()
-        self._weights_dropped = False  # level-2 sleep discarded the weights and no sync has refilled them
+        self.sleep_state = SleepState(cfg.sleep_level)  # checked on every platform
+        self._trace = os.environ.get("GOLONG_ROLLOUT_TRACE")
+        self.last_seeds: list[int | None] = []  # the seeds of the last generate call's requests, in order
         self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/rollout/routes.py)
         self.llm = LLM(**self.routes.engine_kwargs(dict(
             model=model_path,
@@ -96,9 +158,14 @@ class RolloutEngine:
     # ------------------------------------------------------------------------------------------
     # Generation
 
-    def generate(self, prompts: list[list[int]], *, n: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, max_tokens: int | None = None) -> RolloutBatch:
+    def generate(self, prompts: list[list[int]], *, seeds: list[int] | None = None, n: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None,
+                 max_tokens: int | None = None) -> RolloutBatch:
         """`n` responses per prompt (defaults from the config; temperature 0 is greedy).
+
+        seeds[i]: prompt i's sampling seed (`request_seeds`); the same seeds give the same responses.
+        Without them vLLM samples from its engine-wide generator, whose state depends on every request
+        it served before: only lock-step callers would sample alike. Training and eval always pass them.
 
         A prompt with len(prompt) + max_tokens > max_model_len is filtered out before the engine,
         counted and logged: it fits the context but vLLM would stop its responses at the context
@@ -111,15 +178,19 @@ class RolloutEngine:
         cfg = self.cfg
         n = cfg.n if n is None else n
         max_tokens = cfg.max_response_length if max_tokens is None else max_tokens
-        params = SamplingParams(
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
+        params = [SamplingParams(
             n=n,
             temperature=cfg.temperature if temperature is None else temperature,
             top_p=cfg.top_p if top_p is None else top_p,
             max_tokens=max_tokens,
+            seed=None if seeds is None else seeds[i],
             logprobs=0,  # the sampled token's log-prob only
             flat_logprobs=True,  # one flat list per response instead of a dict per token
             detokenize=False,
-        )
+        ) for i in range(len(prompts))]
+        self.sleep_state.generate()
         fits = [len(prompt) + max_tokens <= self.max_model_len for prompt in prompts]
         kept = [i for i, ok in enumerate(fits) if ok]
         filtered = [i for i, ok in enumerate(fits) if not ok]
@@ -129,8 +200,10 @@ class RolloutEngine:
                            self.max_model_len, max(len(prompts[i]) for i in filtered))
 
         start = time.perf_counter()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in kept], params,
-                                    use_tqdm=False) if kept else []
+        self.last_seeds = [params[i].seed for i in kept]  # what this rank asked vLLM for (TP ranks: the same)
+        self._record("generate", seeds=self.last_seeds)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in kept],
+                                    [params[i] for i in kept], use_tqdm=False) if kept else []
         seconds = time.perf_counter() - start
 
         prompt_index, response_ids, logprobs, finish_reasons = [], [], [], []
@@ -167,6 +240,8 @@ class RolloutEngine:
         elsewhere, counted: the largest bucket's gathered shards of other ranks plus its
         engine-dtype copies (vLLM's one-layer staging buffer is not counted).
         """
+        self.sleep_state.sync()
+        self._record("sync")
         start = time.perf_counter()
         on_cuda = torch.cuda.is_available()
         if on_cuda:
@@ -178,7 +253,6 @@ class RolloutEngine:
         self.llm.collective_rpc(reload_weights_in_place, args=(gathered_weights(module, buckets, self.dtype),))
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync (requests running?)")
-        self._weights_dropped = False
 
         if on_cuda:
             torch.cuda.synchronize()
@@ -188,32 +262,48 @@ class RolloutEngine:
         return SyncStats(seconds=time.perf_counter() - start, peak_extra_bytes=peak, num_buckets=len(buckets))
 
     # ------------------------------------------------------------------------------------------
-    # Sleep and wake (CUDA sleep mode; no-ops where vLLM has none, e.g. CPU)
+    # Sleep and wake (CUDA sleep mode: the `if self.sleep_mode` lines; the order is checked everywhere)
 
     def sleep(self) -> None:
-        """After generation: level 1 offloads the weights to host memory, level 2 drops them; both drop the KV cache."""
+        """After generation: drop the KV cache, and the weights (level 2) or offload them to host (level 1)."""
+        self.sleep_state.sleep()
+        self._record("sleep")
         if self.sleep_mode:
             self.llm.sleep(level=self.cfg.sleep_level)
-            self._weights_dropped = self.cfg.sleep_level == 2
 
     def wake_up_weights(self) -> None:
-        """Before the sync: weights back in device memory (level 2: allocated, contents stale)."""
+        """Before the sync: the weights' device memory back (level 2: allocated, contents garbage)."""
+        self.sleep_state.wake_up_weights()
+        self._record("wake_up_weights")
         if self.sleep_mode:
             self.llm.wake_up(tags=["weights"])
 
     def wake_up_kv_cache(self) -> None:
         """After the sync: the KV cache back, so gathered buckets and KV cache never coexist."""
-        if self._weights_dropped:
-            raise RuntimeError("level-2 sleep dropped the engine's weights: call sync_weights before wake_up_kv_cache")
+        self.sleep_state.wake_up_kv_cache()
+        self._record("wake_up_kv_cache")
         if self.sleep_mode:
             self.llm.wake_up(tags=["kv_cache"])
+
+    def update_weights(self, module: torch.nn.Module) -> SyncStats:
+        """After `sleep()`: wake the weights, sync them from `module`, then wake the KV cache."""
+        self.wake_up_weights()
+        stats = self.sync_weights(module)
+        self.wake_up_kv_cache()
+        return stats
+
+    def _record(self, event: str, **data) -> None:
+        if self._trace:
+            with open(self._trace, "a") as f:  # one short append per line: whole lines from every rank
+                f.write(json.dumps({"rank": self.world.rank, "event": event, **data}) + "\n")
 
     def close(self) -> None:
         """Shut the engine down and free its memory.
 
         vLLM 0.32's shutdown also tears down torch.distributed (EngineCore.shutdown ->
         cleanup_dist_env_and_memory destroys the default process group), so under torchrun
-        close the rollout engine after everything else that needs the process group.
+        close the rollout engine after everything else that needs the process group; a next
+        RolloutEngine rejoins the world first (golong.world.rejoin_world).
         """
         if self.llm is None:
             return

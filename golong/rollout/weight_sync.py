@@ -128,11 +128,20 @@ def gathered_weights(module: torch.nn.Module, buckets: list[WeightBucket],
 
 
 def reload_weights_in_place(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
-    """Runs inside each vLLM worker (via `LLM.collective_rpc`): vLLM 0.32's in-place reload."""
-    worker.model_runner.reload_weights(weights_iterator=weights)
-    model = worker.model_runner.get_model()
-    repack_cpu_moe_experts(model)
-    repack_cpu_embedding_gemms(model)
+    """Runs inside each vLLM worker (via `LLM.collective_rpc`): vLLM 0.32's in-place reload.
+
+    Under the worker's config, as vLLM's own `Worker.reload_weights` runs it: the layer-wise reload
+    re-runs every layer's weight loader and `process_weights_after_loading`, and vLLM code there
+    (custom-op dispatch, quantization and MoE methods) reads `get_current_vllm_config()`, which
+    raises outside a `set_current_vllm_config` context (vLLM 0.32).
+    """
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(worker.vllm_config):
+        worker.model_runner.reload_weights(weights_iterator=weights)
+        model = worker.model_runner.get_model()
+        repack_cpu_moe_experts(model)
+        repack_cpu_embedding_gemms(model)
 
 
 def repack_cpu_embedding_gemms(model: torch.nn.Module) -> int:

@@ -136,11 +136,9 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
             step_stats = policy.optimizer_step()
             skipped += step_stats.skipped_steps
 
-    # 8. weight sync into vLLM (on CUDA: weights woken first, the KV cache only after the sync)
+    # 8. weight sync into vLLM: weights woken first (level 2: contents garbage), the KV cache only after the sync
     with timer.phase("sync"):
-        run.rollout.wake_up_weights()
-        sync = run.rollout.sync_weights(policy.module)
-        run.rollout.wake_up_kv_cache()
+        sync = run.rollout.update_weights(policy.module)  # wake_up_weights -> sync_weights -> wake_up_kv_cache
 
     return {
         **reward_metrics(run, sampled),
@@ -165,7 +163,8 @@ def collect_rollouts(run: Run) -> StepRollouts:
     until data.prompts_per_step groups with differing rewards exist (at most max_rounds rounds)."""
     dynamic = run.cfg.algorithm.dynamic_sampling
     return run.collector.collect_step(run.sampler.next_batch, run.cfg.data.prompts_per_step,
-                                      filter_groups=dynamic.enabled, max_rounds=dynamic.max_rounds)
+                                      filter_groups=dynamic.enabled, max_rounds=dynamic.max_rounds,
+                                      step=run.sampler.batches_drawn)  # seeds: unique per step, resumable
 
 
 def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
@@ -376,7 +375,10 @@ def train(cfg: Config) -> None:
                 state = checkpointer.load(latest, policy.ds_engine)
                 sampler.load_state_dict(state.sampler)
                 step = state.step
-                rollout.sync_weights(policy.module)  # the engine started from model.path, not from the checkpoint
+                # the engine started from model.path, not from the checkpoint; as in a step, the KV cache sleeps
+                # while the gathered buckets are in flight
+                rollout.sleep()
+                rollout.update_weights(policy.module)
 
         total = estimated_total_steps(cfg, step, sampler, 1.0)
         if world.is_main and not cfg.trainer.total_steps and cfg.algorithm.dynamic_sampling.enabled:
