@@ -141,12 +141,9 @@ def command(name: str, model: str, tiny: str, tmp) -> tuple[list[str], str]:
             "--out", str(tmp / "out.jsonl")], "--model2"
 
 
-def run_case(case: tuple, name: str, models: dict[str, str], tiny: str, tmp) -> None:
+def resolve(case: tuple, models: dict[str, str]) -> tuple[str, dict[str, str], list[str]]:
     model, env, fragments = case
-    model = models.get(model, model)
-    env = {k: models.get(v, v) for k, v in env.items()}
-    args, key = command(name, model, tiny, tmp)
-    assert_one_error_line(golong(args, env, REPO), key, fragments)
+    return models.get(model, model), {k: models.get(v, v) for k, v in env.items()}, fragments
 
 
 MODEL_COMMANDS = ["train --dry-run", "eval", "data calibrate --model", "data calibrate --model2"]
@@ -154,8 +151,40 @@ MODEL_COMMANDS = ["train --dry-run", "eval", "data calibrate --model", "data cal
 
 @pytest.mark.parametrize("name", MODEL_COMMANDS)
 @pytest.mark.parametrize("case", VALIDATION)
-def test_a_model_that_cannot_load_is_refused_before_anything_starts(case, name, models, tiny_model_path, tmp_path):
-    run_case(VALIDATION[case], name, models, tiny_model_path, tmp_path)
+def test_a_model_that_cannot_load_is_refused_before_anything_starts(case, name, models, tiny_model_path, tmp_path,
+                                                                    capsys, monkeypatch):
+    """Every case on every command, through the CLI's own entry point in this process (each fails before any
+    engine or world starts); the offline environment is what huggingface_hub read from HF_HUB_OFFLINE and
+    HF_HUB_CACHE at import. The subprocess tests below show the same from a real `python -m golong`."""
+    from huggingface_hub import constants
+
+    from golong.cli import main
+
+    model, env, fragments = resolve(VALIDATION[case], models)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", bool(env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE")))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", env.get("HF_HUB_CACHE", str(tmp_path / "no_cache")))
+    monkeypatch.chdir(REPO)
+    args, key = command(name, model, tiny_model_path, tmp_path)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert_one_error_line(subprocess.CompletedProcess(args, 2, "", err), key, fragments)
+
+
+@pytest.mark.parametrize("name", MODEL_COMMANDS)
+def test_python_m_golong_prints_the_line_without_a_traceback(name, models, tiny_model_path, tmp_path):
+    model, env, fragments = resolve(VALIDATION["no_config"], models)
+    args, key = command(name, model, tiny_model_path, tmp_path)
+    assert_one_error_line(golong(args, env, REPO), key, fragments)
+
+
+@pytest.mark.parametrize("case", ["hub_offline_not_cached", "transformers_offline_not_cached",
+                                  "hub_offline_partial_cache"])
+def test_offline_environment_variables_are_read(case, models, tiny_model_path, tmp_path):
+    model, env, fragments = resolve(VALIDATION[case], models)
+    args, key = command("train --dry-run", model, tiny_model_path, tmp_path)
+    assert_one_error_line(golong(args, env, REPO), key, fragments)
 
 
 # --model2's model is loaded only after stage 1 has generated with --model (a vLLM engine): its load-time
@@ -163,7 +192,9 @@ def test_a_model_that_cannot_load_is_refused_before_anything_starts(case, name, 
 @pytest.mark.parametrize("name", ["train", "eval", "data calibrate --model"])
 @pytest.mark.parametrize("case", LOAD_TIME)
 def test_a_model_that_fails_to_load_is_one_line_too(case, name, models, tiny_model_path, tmp_path):
-    run_case(LOAD_TIME[case], name, models, tiny_model_path, tmp_path)
+    model, env, fragments = resolve(LOAD_TIME[case], models)
+    args, key = command(name, model, tiny_model_path, tmp_path)
+    assert_one_error_line(golong(args, env, REPO), key, fragments)
 
 
 def test_a_cached_hub_id_passes_offline(models):
