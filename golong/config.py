@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from golong.configlib import ConfigError, invalid, load, to_dict
 from golong.data.config import DataConfig
+from golong.model_check import check_model_path, model_load_errors
 from golong.rewards.config import RewardConfig
 from golong.rollout.config import RolloutConfig, check_router_replay
 from golong.trainer.config import AlgorithmConfig, LoggingConfig, ModelConfig, TrainerConfig
@@ -45,13 +46,15 @@ class Config:
                           "response with the other responses to its prompt: with one response per prompt every "
                           "advantage is 0 and nothing trains", "set rollout.n to the group size, 2 or more "
                           "(Table 12: 16)")
+        self.validate_parallel_sizes(world_size())
+        check_model_path(self.model.path)  # before the checks below read its config.json
         if self.trainer.sequence_parallel_size > 1 and os.path.isdir(self.model.path):
             # refused before any engine starts (a hub id is checked when the PolicyEngine starts)
             from golong.trainer.sequence_parallel import check_model_heads
 
-            check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
+            with model_load_errors(self.model.path):
+                check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
         check_router_replay(self.rollout, self.model.path)  # MoE models only
-        self.validate_parallel_sizes(world_size())
 
     def validate_parallel_sizes(self, world: int | None) -> None:
         """Parallel sizes against the number of ranks, when it is known (torchrun sets WORLD_SIZE)."""

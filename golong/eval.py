@@ -88,14 +88,16 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> int:
     from golong.data.loader import load_examples
+    from golong.model_check import check_model_path
     from golong.rollout.collect import collect_for_examples
     from golong.rollout.options import configs_from_args
     from golong.world import init_world
 
     rollout_cfg, reward_cfg, data_cfg = configs_from_args(args)
     examples = load_examples(args.data, data_cfg).examples
+    check_model_path(args.model, "--model")
     world = init_world()
-    rollouts = collect_for_examples(examples, args.model, rollout_cfg, reward_cfg, data_cfg, world)
+    rollouts = collect_for_examples(examples, args.model, rollout_cfg, reward_cfg, data_cfg, world, model_key="--model")
     if not world.is_main:
         return 0
     scores, responses = rollouts.per_example(len(examples))

@@ -105,12 +105,13 @@ def run_calibration(train_file: str, out_file: str, model: str, model2: str | No
     loaded = load_examples([train_file], data_cfg)
     examples = loaded.examples
     threshold = reward_cfg.pass_threshold
-    stage1 = collect_for_examples(examples, model, rollout_cfg, reward_cfg, data_cfg, world)
+    stage1 = collect_for_examples(examples, model, rollout_cfg, reward_cfg, data_cfg, world, model_key="--model")
     p1 = [pass_rate(s, threshold) if s else None for s in stage1.per_example(len(examples))[0]]
     unsolved = [i for i, p in enumerate(p1) if p is not None and stage1_label(p) == "unsolved"]
     p2: dict[int, float] = {}
     if model2 and unsolved:
-        stage2 = collect_for_examples([examples[i] for i in unsolved], model2, rollout_cfg, reward_cfg, data_cfg, world)
+        stage2 = collect_for_examples([examples[i] for i in unsolved], model2, rollout_cfg, reward_cfg, data_cfg, world,
+                                      model_key="--model2")
         p2 = {i: pass_rate(s, threshold) for i, s in zip(unsolved, stage2.per_example(len(unsolved))[0]) if s}
 
     raw = {row_no: row for row_no, row in read_rows(train_file)}

@@ -42,9 +42,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     examples = load_examples(args.files, DataConfig(format=args.format)).examples
     tokenizer = None
     if args.model:
-        from transformers import AutoTokenizer
+        from golong.model_check import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = load_tokenizer(args.model, "--model")
     stats = compute_stats(examples, prompt_lengths(examples, tokenizer), "tokens" if tokenizer else "approx. tokens")
     print(format_stats(stats))
     png = args.png or os.path.splitext(args.files[0])[0] + "_stats.png"
@@ -64,10 +64,14 @@ def cmd_decontaminate(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from golong.data.calibrate import run_calibration
+    from golong.model_check import check_model_path
     from golong.rollout.options import configs_from_args
     from golong.world import init_world
 
     rollout_cfg, reward_cfg, data_cfg = configs_from_args(args)
+    check_model_path(args.model, "--model")
+    if args.model2:
+        check_model_path(args.model2, "--model2")
     world = init_world()
     run = run_calibration(args.train, args.out, args.model, args.model2, rollout_cfg, reward_cfg, data_cfg, world)
     if world.is_main:

@@ -303,18 +303,19 @@ def sample_step(next_round: Callable[[int], tuple[Rollouts, int]], target_groups
                         rounds=rounds, prompts_drawn=drawn, groups_informative=informative.num_groups)
 
 
-def collect_for_examples(examples: list, model_path: str, rollout_cfg, reward_cfg, data_cfg, world) -> Rollouts:
+def collect_for_examples(examples: list, model_path: str, rollout_cfg, reward_cfg, data_cfg, world,
+                         model_key: str = "model.path") -> Rollouts:
     """rollout_cfg.n responses for each of `examples` from the model at `model_path`, scored, decoded text
     kept; examples whose prompt exceeds data_cfg.max_prompt_length are not generated (counted in
-    num_filtered). Starts and closes its own engine and reward pool (eval and calibration).
+    num_filtered). Starts and closes its own engine and reward pool (eval and calibration). `model_key`: the
+    option that named the model (`--model`), in the error of a model that does not load.
     Collective under torchrun: every rank passes the same examples and gets every response."""
-    from transformers import AutoTokenizer
-
     from golong.data.prompts import encode_prompts
+    from golong.model_check import load_tokenizer
     from golong.rewards import RewardScorer
     from golong.rollout.engine import RolloutEngine
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path, model_key)
     prompts = encode_prompts(examples, tokenizer, data_cfg)
     fits = [i for i, n in enumerate(prompts.lengths) if n <= data_cfg.max_prompt_length]
     longest = max((int(prompts.lengths[i]) for i in fits), default=1)

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
+from golong.model_check import model_load_errors
 from golong.trainer import sequence_parallel
 from golong.trainer.attention import (FLEX_PROMPT_ONCE, PROMPT_ONCE_IMPLEMENTATIONS, one_response_per_unit,
                                       packed_attention_kwargs, prompt_once_block_mask, resolve_attention)
@@ -246,9 +247,10 @@ class PolicyEngine:
         # deepspeed.zero.Init, loading each rank's shard only (wrapping
         # from_pretrained in zero.Init ourselves fails in transformers 5).
         hf_ds_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
-        model = AutoModelForCausalLM.from_pretrained(
-            model_cfg.path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
-            attn_implementation=resolve_attention(model_cfg.attention, self.device, self.share_prompt))
+        attention = resolve_attention(model_cfg.attention, self.device, self.share_prompt)
+        with model_load_errors(model_cfg.path):  # e.g. a corrupt safetensors file: one line naming model.path
+            model = AutoModelForCausalLM.from_pretrained(
+                model_cfg.path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, attn_implementation=attention)
         model.config.use_cache = False
         if model_cfg.zero3_leaf_modules:  # e.g. MoE blocks: gathered whole, not expert by expert
             set_z3_leaf_modules(model, model_cfg.zero3_leaf_modules)

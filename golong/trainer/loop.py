@@ -324,7 +324,7 @@ def starting(world: World, what: str):
 
 def train(cfg: Config) -> None:
     """`golong train`: run (or resume) the whole training described by `cfg`."""
-    from transformers import AutoTokenizer
+    from golong.model_check import load_tokenizer
 
     world = init_world()
     out_dir = cfg.trainer.output_dir
@@ -348,7 +348,7 @@ def train(cfg: Config) -> None:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
     with starting(world, "loading data"):
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         data = load_prompt_set(cfg, tokenizer, world, round_size(cfg))
     sampler = PromptSampler(len(data.examples), round_size(cfg), cfg.data.seed, cfg.data.shuffle)
     estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
