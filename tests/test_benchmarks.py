@@ -5,9 +5,6 @@ LLM judge through a real local OpenAI-compatible HTTP server, middle truncation,
 from __future__ import annotations
 
 import json
-import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +27,7 @@ from golong.benchmarks.run import (
 from golong.configlib import UsageError
 from golong.data.schema import DataError
 from golong.eval import main as eval_main
+from test_data_synthesize import ScriptedServer
 
 
 def write_json(path, rows):
@@ -314,50 +312,16 @@ def test_docmath_loader_and_score(tmp_path):
 # Judge-scored: Frames, CorpusQA, through a real local chat-completions server
 
 
-class JudgeServer:
-    """POST /v1/chat/completions: the reply is chosen by the first `KEY:` tag found in the prompt
-    (replies[key]); a reply of None answers HTTP 500. Every prompt is kept."""
+def judge_server(replies: dict):
+    """test_data_synthesize's scripted OpenAI-compatible server (a real HTTP server on 127.0.0.1): a judge
+    prompt is routed by the `DOC:name` tag the test puts in its question (or gold); None answers HTTP 500."""
+    server = ScriptedServer()
+    server.script = {name: [("status", 500)] if text is None else [("reply", text)] for name, text in replies.items()}
+    return server
 
-    def __init__(self, replies: dict):
-        self.replies, self.prompts = replies, []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                server.prompts.append(prompt)
-                key = next((k for k in server.replies if k in prompt), None)
-                text = server.replies.get(key, "no script")
-                if text is None:
-                    return self._send(500, {"error": {"message": "scripted 500", "type": "server_error"}})
-                self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}],
-                                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def prompts_of(server, name: str) -> str:
+    return server.prompts[f"generate:{name}"]
 
 
 def frames_tsv(path, rows):
@@ -369,20 +333,20 @@ def frames_tsv(path, rows):
 
 def test_frames_judge_right_wrong_malformed_and_failed(tmp_path):
     bench = get_benchmark("frames")
-    path = frames_tsv(tmp_path / "test.tsv", [(f"QKEY{k} How many owls?", "Seven", "Owl article text.") for k in range(4)])
+    path = frames_tsv(tmp_path / "test.tsv", [(f"DOC:q{k} How many owls?", "Seven", "Owl article text.") for k in range(4)])
     items = load_items(bench, [path])
     assert bench.messages(items[0])[0]["content"].startswith("Here are the relevant Wikipedia articles:\nOwl article text.")
-    replies = {"QKEY0": "Explanation: the response says seven.\nDecision: TRUE",
-               "QKEY1": 'Explanation: it says six.\n"Decision:" "FALSE"',
-               "QKEY2": "I am not sure what to say.",  # malformed: no decision
-               "QKEY3": None}  # the judge fails: HTTP 500
-    with JudgeServer(replies) as server:
+    replies = {"q0": "Explanation: the response says seven.\nDecision: TRUE",
+               "q1": 'Explanation: it says six.\n"Decision:" "FALSE"',
+               "q2": "I am not sure what to say.",  # malformed: no decision
+               "q3": None}  # the judge fails: HTTP 500
+    with judge_server(replies) as server:
         judge = Judge(JudgeOptions(endpoint=server.url, model="judge", max_retries=0, concurrency=4, timeout_s=30))
         p = prompted(bench, items)
         responses = [["<think>six?</think>There are seven owls."], ["Six."], ["Seven."], ["Seven."]]
         scores = score_responses(p, responses, judge, False, concurrency=4)
     assert [(s[0].value, s[0].status) for s in scores] == [(1.0, OK), (0.0, OK), (0.0, JUDGE_MALFORMED), (0.0, JUDGE_ERROR)]
-    prompt = next(q for q in server.prompts if "QKEY0" in q)
+    prompt = prompts_of(server, "q0")
     assert "- Predicted Answer: There are seven owls.\n- Ground Truth Answer: Seven\n" in prompt  # no reasoning
     assert prompt.startswith("===Task===\nI need your help in evaluating an answer provided by an LLM")
     report = benchmark_report(p, scores)
@@ -397,17 +361,18 @@ def test_frames_judge_right_wrong_malformed_and_failed(tmp_path):
 def test_corpusqa_judge_tries_each_accepted_answer(tmp_path):
     bench = get_benchmark("corpusqa")
     path = write_jsonl(tmp_path / "corpusqa.jsonl", [
-        {"id": "c0", "question": "CKEY0 Which city?", "answer": ["Lutetia", "Paris"], "documents": ["Doc one.", "Doc two."]},
-        {"id": "c1", "question": "CKEY1 Which city?", "answer": "Paris", "documents": ["Doc one."]}])
+        {"id": "c0", "question": "Which city?", "answer": ["DOC:no Lutetia", "DOC:yes Paris"], "documents": ["Doc one.", "Doc two."]},
+        {"id": "c1", "question": "DOC:bad Which city?", "answer": "Paris", "documents": ["Doc one."]}])
     items = load_items(bench, [path])
-    assert "<text>\nDoc one.\n\nDoc two.\n</text>\n\nCKEY0 Which city?" in bench.messages(items[0])[0]["content"]
-    replies = {"Answer 1: Lutetia": "Different names. [[NO]]", "CKEY0": "Same city. [[YES]]", "CKEY1": "Hmm, YES maybe"}
-    with JudgeServer(replies) as server:
+    assert "<text>\nDoc one.\n\nDoc two.\n</text>\n\nWhich city?" in bench.messages(items[0])[0]["content"]
+    replies = {"no": "Different names. [[NO]]", "yes": "Same city. [[YES]]", "bad": "Hmm, YES maybe"}
+    with judge_server(replies) as server:
         judge = Judge(JudgeOptions(endpoint=server.url, model="judge", max_retries=0, timeout_s=30))
         p = prompted(bench, items)
         scores = score_responses(p, [["Therefore, the answer is (Paris)."], ["Therefore, the answer is Paris."]], judge, False)
     assert [(s[0].value, s[0].status) for s in scores] == [(1.0, OK), (0.0, JUDGE_MALFORMED)]
-    assert any("Answer 1: Paris\nAnswer 2: Paris" in q and "CKEY0" in q for q in server.prompts)
+    assert prompts_of(server, "yes").endswith("Problem: Which city?\nAnswer 1: DOC:yes Paris\nAnswer 2: Paris")
+    assert [name for _, name, _ in server.requests] == ["no", "yes", "bad"]  # each accepted answer in turn
 
 
 def test_judge_benchmark_without_a_judge_is_a_usage_error_before_any_engine(tmp_path, capsys):

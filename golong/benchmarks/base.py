@@ -5,7 +5,8 @@ A benchmark module (one per benchmark) defines a `Benchmark` subclass and regist
 
     parse(row, file, row_no) -> BenchItem      the released row's question, context, gold and breakdown keys
     messages(item) -> list[dict]               the prompt as the benchmark's official code builds it
-    score(item, response, judge) -> Score      the official metric on one response (in [0, 1])
+    score_answer(item, text, judge) -> Score   the official metric on one response's answer (in [0, 1]);
+                                               `score` hands it the text after the reasoning block
     headline(rows) -> float                    the benchmark's reported number from the per-row scores
 
 Data stays local: every loader reads the files the user downloaded, in the layout of the public release.
@@ -80,7 +81,16 @@ class Benchmark:
     def messages(self, item: BenchItem) -> list[dict]:
         raise NotImplementedError
 
-    def score(self, item: BenchItem, response: str, judge) -> Score:
+    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
+        """The metric on the response's text after its reasoning block (final_text); a reasoning block never
+        closed scores 0 (status unfinished_reasoning)."""
+        text = final_text(response, require_think_close)
+        if text is None:
+            return Score(0.0, UNFINISHED)
+        return self.score_answer(item, text, judge)
+
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
+        """The official metric on the answer text (the response after its reasoning block)."""
         raise NotImplementedError
 
     def headline(self, rows: list[tuple[BenchItem, list[float]]]) -> float | None:

@@ -17,7 +17,7 @@ equivalent scores 1. A reply without a verdict scores 0 and is counted (judge_ma
 """
 from __future__ import annotations
 
-from golong.benchmarks.base import OK, UNFINISHED, Benchmark, BenchItem, Score, after_last, final_text, register, row_id, text_field
+from golong.benchmarks.base import Benchmark, BenchItem, Score, after_last, register, row_id, text_field
 from golong.benchmarks.frames import documents_text
 from golong.benchmarks.judge import parse_yes_no
 from golong.data.schema import DataError
@@ -76,10 +76,7 @@ class CorpusQA(Benchmark):
     def messages(self, item: BenchItem) -> list[dict]:
         return [{"role": "user", "content": TEMPLATE.format(context=item.context, question=item.question)}]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         prediction = final_answer(text)
         last = None
         for gold in item.gold:

@@ -24,7 +24,7 @@ import math
 import os
 import re
 
-from golong.benchmarks.base import NO_ANSWER, OK, UNFINISHED, Benchmark, BenchItem, Score, after_last, final_text, register, row_id, text_field
+from golong.benchmarks.base import NO_ANSWER, OK, Benchmark, BenchItem, Score, after_last, register, row_id, text_field
 from golong.data.schema import DataError
 
 SYSTEM = ("You are a financial expert, you are supposed to answer the given question based on the provided "
@@ -132,10 +132,7 @@ class DocMath(Benchmark):
         return [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": USER.format(context=item.context, question=item.question)}]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         pred = extract_number(text)
         if pred is None:
             return Score(0.0, NO_ANSWER)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from golong.benchmarks.base import OK, UNFINISHED, Benchmark, BenchItem, Score, final_text, register, row_id, text_field
+from golong.benchmarks.base import Benchmark, BenchItem, Score, register, row_id, text_field
 from golong.benchmarks.judge import parse_true_false
 from golong.data.schema import DataError
 
@@ -77,10 +77,7 @@ class Frames(Benchmark):
                             "(or a `documents` list) to evaluate; golong downloads nothing")
         return [{"role": "user", "content": PROMPT.format(context=item.context, question=item.question)}]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         prompt = AUTORATER.format(question=item.question, response=text.strip(), answer=item.gold)
         return judge.decide(prompt, parse_true_false)
 

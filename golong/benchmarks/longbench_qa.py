@@ -20,7 +20,7 @@ import re
 import string
 from collections import Counter
 
-from golong.benchmarks.base import OK, UNFINISHED, Benchmark, BenchItem, Score, final_text, register, row_id, text_field
+from golong.benchmarks.base import OK, Benchmark, BenchItem, Score, register, row_id, text_field
 from golong.data.schema import DataError
 
 _MULTIHOP = ("Answer the question based on the given passages. Only give me the answer and do not output any "
@@ -105,10 +105,7 @@ class LongBenchQA(Benchmark):
         template = PROMPTS[item.groups["dataset"]]
         return [{"role": "user", "content": template.format(context=item.context, input=item.question)}]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         text = text.strip()
         return Score(max(qa_f1_score(text, gold) for gold in item.gold), OK, extracted=text[:300])
 

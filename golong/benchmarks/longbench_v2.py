@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from golong.benchmarks.base import NO_ANSWER, OK, UNFINISHED, Benchmark, BenchItem, Score, final_text, register, row_id, text_field
+from golong.benchmarks.base import NO_ANSWER, OK, Benchmark, BenchItem, Score, register, row_id, text_field
 from golong.data.schema import DataError
 
 TEMPLATE_0SHOT = """Please read the following text and answer the question below.
@@ -89,10 +89,7 @@ class LongBenchV2(Benchmark):
                   .replace("$C_C$", c["C"].strip()).replace("$C_D$", c["D"].strip()))
         return [{"role": "user", "content": prompt}]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         pred = extract_answer(text)
         if pred is None:
             return Score(0.0, NO_ANSWER)

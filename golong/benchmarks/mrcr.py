@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from difflib import SequenceMatcher
 
-from golong.benchmarks.base import NO_ANSWER, OK, UNFINISHED, Benchmark, BenchItem, Score, final_text, register, row_id, text_field
+from golong.benchmarks.base import NO_ANSWER, OK, Benchmark, BenchItem, Score, register, row_id, text_field
 from golong.data.schema import DataError
 
 BIN_EDGES = [4096 * 2 ** k for k in range(9)]  # 4K, 8K, ..., 1M tokens
@@ -85,10 +85,7 @@ class MRCR(Benchmark):
     def messages(self, item: BenchItem) -> list[dict]:
         return item.extra["messages"]
 
-    def score(self, item: BenchItem, response: str, judge, require_think_close: bool = False) -> Score:
-        text = final_text(response, require_think_close)
-        if text is None:
-            return Score(0.0, UNFINISHED)
+    def score_answer(self, item: BenchItem, text: str, judge) -> Score:
         text = text.lstrip()
         gold = item.gold
         if not text.startswith(gold["prefix"]):

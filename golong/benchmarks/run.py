@@ -87,6 +87,9 @@ def _render(tokenizer, messages: list[dict], enable_thinking: bool) -> list[int]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+_REFITS = 4  # attempts to bring a cut prompt within the budget (a prompt still over it is skipped and counted)
+
+
 def fit_to_budget(messages: list[dict], tokenizer, budget: int, enable_thinking: bool,
                   equal_halves: bool) -> tuple[list[dict], int, bool]:
     """(messages, templated prompt tokens before, whether cut): a prompt over `budget` tokens keeps the
@@ -99,8 +102,14 @@ def fit_to_budget(messages: list[dict], tokenizer, budget: int, enable_thinking:
     if room < 2:
         return messages, total, False  # the template alone fills the budget: the collector skips the row
     ids = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
-    content = tokenizer.decode(middle_truncate(ids, room, equal_halves=equal_halves), skip_special_tokens=True)
-    return [*messages[:-1], {**messages[-1], "content": content}], total, True
+    for _ in range(_REFITS):  # decoded and tokenized again, the cut text can merge into a token or two more
+        content = tokenizer.decode(middle_truncate(ids, room, equal_halves=equal_halves), skip_special_tokens=True)
+        fitted = [*messages[:-1], {**messages[-1], "content": content}]
+        over = len(_render(tokenizer, fitted, enable_thinking)) - budget
+        if over <= 0 or room - over < 2:
+            break
+        room -= over
+    return fitted, total, True
 
 
 def prompt_benchmark(bench: Benchmark, items: list[BenchItem], tokenizer, budget: int, enable_thinking: bool) -> Prompted:

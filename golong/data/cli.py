@@ -2,7 +2,7 @@
 
     golong data validate FILE [FILE ...]
     golong data stats FILE [FILE ...] [--model PATH] [--png PATH]
-    golong data decontaminate --train FILE --bench FILE [FILE ...] --out FILE [--n 13] [--field question]
+    golong data decontaminate --train FILE --bench [NAME=]FILE ... --out FILE [--n 13] [--field question]
     golong data calibrate --train FILE --model PATH [--model2 PATH] [--g 8] --out FILE
     golong data synthesize --docs DOCS.jsonl --subtask T2-a --model NAME --out QA.jsonl [--endpoint URL]
     golong data verify --qa QA.jsonl --model NAME --out VERIFIED.jsonl [--endpoint URL]
