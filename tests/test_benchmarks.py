@@ -456,3 +456,39 @@ def test_eval_longbench_v2_with_the_tiny_model(tiny_model_path, tmp_path, capsys
     assert printed[header].split() == ["Model", "Avg.", "LBV2"]
     assert printed[header + 1].split()[2] == f"{r['score']:.1f}"
     assert report["table"].splitlines()[0] == printed[header]
+
+
+@pytest.mark.slow
+def test_suite_paper_from_a_directory_with_a_judge(tiny_model_path, tmp_path, capsys):
+    """`--suite paper --data DIR`: five benchmarks' released files in DIR/NAME/, one engine, the judge a real
+    local server; the MRCR conversation is longer than the budget and is skipped, not cut."""
+    root = tmp_path / "bench"
+    for name in ("longbench_v2", "mrcr", "longbench_qa", "docmath", "frames"):
+        (root / name).mkdir(parents=True)
+    write_json(root / "longbench_v2" / "data.json", [lbv2_row(0)])
+    long_mrcr = mrcr_row(answer_text=" ".join(f"tapir{i}" for i in range(600)))
+    pq.write_table(pa.Table.from_pylist([mrcr_row(), long_mrcr]), root / "mrcr" / "2needle.parquet")
+    write_jsonl(root / "longbench_qa" / "hotpotqa.jsonl", [lb_row("hotpotqa", "Where is the tower?", ["Paris"])])
+    write_json(root / "docmath" / "simpshort_testmini.json", [
+        {"question_id": "s0", "question": "Growth?", "paragraphs": ["From 100 to 112."], "tables": [], "ground_truth": 0.12}])
+    frames_tsv(root / "frames" / "test.tsv", [("DOC:f0 How many owls?", "Seven", "Owl article text.")])
+    out = tmp_path / "report.json"
+    with judge_server({"f0": "Decision: TRUE"}) as server:
+        code = eval_main(["--model", tiny_model_path, "--suite", "paper", "--data", str(root), "--g", "2",
+                          "--max-tokens", "6", "--max-prompt-length", "512", "--gpu-memory-utilization", "0.3",
+                          "--judge-model", "judge", "--judge-endpoint", server.url, "--judge-max-retries", "0",
+                          "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    b = report["benchmarks"]
+    assert list(b) == ["docmath", "longbench_v2", "frames", "mrcr", "longbench_qa"]  # Table 5 order
+    assert (b["mrcr"]["rows"], b["mrcr"]["rows_skipped_too_long"], b["mrcr"]["rows_truncated"]) == (1, 1, 0)
+    assert b["frames"]["score"] == 100.0 and b["frames"]["statuses"] == {"ok": 2}  # the judge said TRUE twice
+    assert server.count("f0") == 2
+    assert all(b[n]["responses"] == 2 for n in ("docmath", "longbench_v2", "longbench_qa", "mrcr"))
+    header, row, note = report["table"].splitlines()
+    assert header.split() == ["Model", "Avg.", "DocMath", "LBV2", "Frames", "MRCR", "CorpusQA", "LBV1-QA"]
+    assert row.split()[6] == "-" and note == "(Avg. over the 5 of 6 benchmarks run)"
+    scores = [b[n]["score"] for n in b]
+    assert float(row.split()[1]) == pytest.approx(sum(scores) / 5, abs=0.05)
+    assert report["table"] in capsys.readouterr().out
