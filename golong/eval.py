@@ -1,6 +1,11 @@
 """`golong eval`: generate G responses per row with vLLM, score them, report per task and overall.
 
     golong eval --model PATH --data FILE [FILE ...] [--g N] [--out report.json]
+    golong eval --model PATH --benchmark longbench_v2 --data data.json        # one released benchmark
+    golong eval --model PATH --suite paper --data longbench_v2=data.json mrcr=2needle.parquet ...
+
+With --benchmark or --suite, --data holds released benchmark files, prompted and scored as each benchmark's
+official code does (golong/benchmarks/, the paper's Table 5); without, golong's own rows as below.
 
 Sampling follows the paper's validation setting (temperature 0.6, top-p 0.95). Metrics, per task and
 over all rows (`overall`), with r_ij the reward of response j of row i and G responses per row:
@@ -69,12 +74,17 @@ def format_table(report: dict) -> str:
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF model folder")
-    p.add_argument("--data", required=True, nargs="+", help="native rows or released records (.jsonl/.parquet)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="native rows or released records (.jsonl/.parquet); with --benchmark, that benchmark's "
+                        "released files; with --suite, NAME=FILE entries or a directory of NAME/ folders")
     p.add_argument("--out", default="eval_report.json", help="JSON report path (default eval_report.json)")
     p.add_argument("--samples-out", help="also write every row's responses and scores here (.jsonl)")
     from golong.rollout.options import add_sampling_args
 
     add_sampling_args(p, g=4, temperature=0.6, top_p=0.95)  # section 5.1 validation sampling
+    from golong.benchmarks.run import add_benchmark_args
+
+    add_benchmark_args(p)
     p.set_defaults(func=run_eval)
 
 
@@ -87,6 +97,10 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if getattr(args, "benchmark", None) or getattr(args, "suite", None):
+        from golong.benchmarks.run import run_benchmarks
+
+        return run_benchmarks(args)
     from golong.data.loader import load_examples
     from golong.model_check import check_model_path
     from golong.rollout.collect import collect_for_examples

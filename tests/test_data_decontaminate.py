@@ -109,3 +109,55 @@ def test_missing_question_names_file_row_and_field(tmp_path, capsys):
     code = data_main(["decontaminate", "--train", train, "--bench", bench, "--out", str(tmp_path / "o.jsonl")])
     assert code == 2  # a user error: one line, exit status 2 (the CLI's one error path)
     assert f"{bench}: row 2: field `question`" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Released benchmark files (golong/benchmarks/ loaders)
+
+
+def test_benchmark_files_are_read_by_their_loaders(tmp_path, capsys):
+    """LongBench-V2's data.json, LongBench's `input` rows, MRCR's parquet conversation and Frames' TSV are
+    told apart by their fields; CorpusQA is named. Each compares its loader's question."""
+    q = {name: " ".join(f"{name}{i}" for i in range(13)) for name in ("lbv2", "lbqa", "mrcr", "frames", "cqa")}
+    lbv2 = tmp_path / "data.json"
+    lbv2.write_text(json.dumps([{"_id": "x", "question": q["lbv2"], "choice_A": "a", "choice_B": "b", "choice_C": "c",
+                                 "choice_D": "d", "answer": "A", "context": "ctx", "difficulty": "easy", "length": "short"}]))
+    lbqa = write_jsonl(tmp_path / "hotpotqa.jsonl", [{"input": q["lbqa"], "context": "passages", "answers": ["a"],
+                                                      "dataset": "hotpotqa", "_id": "h"}])
+    convo = [{"role": "user", "content": "write a poem"}, {"role": "assistant", "content": "poem"},
+             {"role": "user", "content": q["mrcr"]}]
+    pq.write_table(pa.Table.from_pylist([{"prompt": json.dumps(convo), "answer": "xxpoem", "random_string_to_prepend": "xx",
+                                          "n_needles": 2, "n_chars": 20}]), tmp_path / "2needle.parquet")
+    frames = tmp_path / "test.tsv"
+    frames.write_text(f"Prompt\tAnswer\twiki_links\n{q['frames']}\tSeven\t[]\n", encoding="utf-8")
+    cqa = write_jsonl(tmp_path / "cqa.jsonl", [{"question": q["cqa"], "answer": "a", "documents": ["d1"]}])
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": name, "question": "tell me " + text} for name, text in q.items()]
+                        + [{"id": "clean", "question": "nothing shared"}])
+    benches = [str(lbv2), lbqa, str(tmp_path / "2needle.parquet"), str(frames), f"corpusqa={cqa}"]
+    out = tmp_path / "out.jsonl"
+    assert data_main(["decontaminate", "--train", train, "--bench", *benches, "--out", str(out)]) == 0
+    assert [json.loads(line)["id"] for line in open(out)] == ["clean"]
+    printed = capsys.readouterr().out
+    assert "kept 1, dropped 5" in printed and all(f"{b}: 1 rows dropped" in printed for b in benches)
+
+
+def test_benchmark_context_text_and_explicit_field(tmp_path, capsys):
+    shared = " ".join(WORDS[:13])
+    bench = write_jsonl(tmp_path / "hotpotqa.jsonl", [{"input": "short question", "context": "intro " + shared,
+                                                       "answers": ["a"], "dataset": "hotpotqa"}])
+    train = write_jsonl(tmp_path / "train.jsonl", [{"question": shared}])
+    out = str(tmp_path / "out.jsonl")
+    assert decontaminate(train, [bench], out).dropped_rows == 0  # the question alone: no overlap
+    assert decontaminate(train, [bench], out, bench_text="context").dropped_rows == 1
+    assert decontaminate(train, [f"longbench_qa={bench}"], out, bench_text="both").dropped_rows == 1
+    # An explicit --field reads plain files by it: LongBench rows have no `question`, a clear error.
+    code = data_main(["decontaminate", "--train", train, "--bench", bench, "--out", out, "--field", "question"])
+    assert code == 2 and "field `question`: missing" in capsys.readouterr().err
+
+
+def test_unknown_benchmark_name_lists_the_valid_ones(tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"question": "x"}])
+    code = data_main(["decontaminate", "--train", train, "--bench", "lbv2=data.json", "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("golong: error: --bench: unknown benchmark 'lbv2'") and "longbench_v2, mrcr" in err[0]

@@ -2,7 +2,7 @@
 
     golong data validate FILE [FILE ...]
     golong data stats FILE [FILE ...] [--model PATH] [--png PATH]
-    golong data decontaminate --train FILE --bench FILE [FILE ...] --out FILE [--n 13] [--field question]
+    golong data decontaminate --train FILE --bench [NAME=]FILE ... --out FILE [--n 13] [--field question]
     golong data calibrate --train FILE --model PATH [--model2 PATH] [--g 8] --out FILE
     golong data synthesize --docs DOCS.jsonl --subtask T2-a --model NAME --out QA.jsonl [--endpoint URL]
     golong data verify --qa QA.jsonl --model NAME --out VERIFIED.jsonl [--endpoint URL]
@@ -56,7 +56,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_decontaminate(args: argparse.Namespace) -> int:
     from golong.data.decontaminate import decontaminate, summary_lines
 
-    result = decontaminate(args.train, args.bench, args.out, n=args.n, field=args.field)
+    result = decontaminate(args.train, args.bench, args.out, n=args.n, field=args.field or "question",
+                           bench_text=args.bench_text, autodetect=args.field is None)
     print("\n".join(summary_lines(result, args.n)))
     print(f"kept rows written to {args.out}")
     return 0
@@ -123,12 +124,16 @@ def _add_commands(commands) -> None:
 
     p = commands.add_parser("decontaminate", help="drop training rows sharing an n-gram with a benchmark question")
     p.add_argument("--train", required=True, help="training file (.jsonl or .parquet)")
-    p.add_argument("--bench", required=True, nargs="+", help="benchmark files with a question field")
+    p.add_argument("--bench", required=True, nargs="+",
+                   help="benchmark files: NAME=FILE (a released benchmark file: longbench_v2, mrcr, longbench_qa, "
+                        "docmath, frames, corpusqa), or FILE (its benchmark told by its fields, else --field)")
     p.add_argument("--out", required=True, help="where the kept rows go (same file type as --train)")
     p.add_argument("--n", type=int, default=13, help="n-gram length in tokens (default 13, paper section 3.4)")
-    p.add_argument("--field", default="question",
+    p.add_argument("--field", default=None,
                    help="field holding the question, dotted for nested ones (default question; released "
-                        "records fall back to extra_info.question)")
+                        "records fall back to extra_info.question); given, plain --bench files are read by it")
+    p.add_argument("--bench-text", choices=("question", "context", "both"), default="question",
+                   help="benchmark text compared: the question (default, as the paper), the context, or both")
     p.set_defaults(func=cmd_decontaminate)
 
     p = commands.add_parser("calibrate", help="label rows easy/medium/hard by pass rate (paper section 3.4)")

@@ -7,6 +7,14 @@ words (Korean does, so Hangul splits on whitespace like other scripts). A traini
 dropped when its question has any n consecutive tokens that also occur consecutively in any
 benchmark question (n = 13 in the paper). Text shorter than n tokens has no n-gram and never matches.
 
+Benchmark files (`--bench`): `NAME=FILE` reads FILE with the released-format loader of benchmark NAME
+(golong/benchmarks/: longbench_v2, mrcr, longbench_qa, docmath, frames, corpusqa) and compares the
+loader's question text (its context too with `--bench-text context|both`); a plain FILE is read by the
+benchmark whose release layout its first row has (LongBench-V2's choice_A..D, MRCR's
+random_string_to_prepend, LongBench's input/answers, DocMath's paragraphs/ground_truth, Frames' Prompt/
+Answer; CorpusQA has no layout of its own: name it, corpusqa=FILE), and otherwise by `--field` (always
+by `--field` when one is given).
+
 A dropped row is counted against every benchmark file it overlaps, so the per-file counts can sum to
 more than the number of rows dropped. Kept rows are written unchanged (JSONL lines byte for byte,
 parquet rows through pyarrow) and in their order.
@@ -74,25 +82,82 @@ def question_ngrams(path: str, n: int, field: str) -> Iterator[tuple[int, Iterat
         yield row_no, ngrams(ngram_tokens(question), n)
 
 
-def bench_ngrams(bench_files: list[str], n: int, field: str) -> dict[tuple[str, ...], set[int]]:
-    """n-gram -> indices of the benchmark files whose questions contain it."""
+BENCH_TEXTS = ("question", "context", "both")
+
+
+@dataclass
+class BenchSource:
+    """One --bench entry: the file, and the benchmark loader reading it (None: the `field` of each row)."""
+
+    entry: str  # as given (what the summary names)
+    path: str
+    benchmark: str | None
+
+
+def bench_source(entry: str, autodetect: bool) -> BenchSource:
+    """`NAME=FILE` (NAME a registered benchmark), or FILE, autodetected when `autodetect` (module docstring)."""
+    from golong.benchmarks import detect_benchmark, get_benchmark, read_bench_rows
+
+    name, sep, path = entry.partition("=")
+    if sep and not os.path.exists(entry):
+        get_benchmark(name, "--bench")  # an unknown NAME lists the valid ones
+        return BenchSource(entry, path, name)
+    if not autodetect or not entry.lower().endswith((".json", ".jsonl", ".parquet", ".tsv", ".csv")):
+        return BenchSource(entry, entry, None)
+    first = next(read_bench_rows(entry), None)
+    bench = detect_benchmark(first[1]) if first else None
+    return BenchSource(entry, entry, bench.name if bench else None)
+
+
+def bench_texts(source: BenchSource, field: str, text: str) -> Iterator[str]:
+    """The texts of one benchmark file to take n-grams from."""
+    if source.benchmark is None:
+        for row_no, row in read_rows(source.path):
+            if isinstance(row, DataError):
+                raise row
+            question = row_question(row, field)
+            if question is None:
+                raise DataError(source.path, row_no, field, "missing or not a string (set --field)")
+            if text in ("question", "both"):
+                yield question
+            if text in ("context", "both") and isinstance(row.get("context"), str):
+                yield row["context"]
+        return
+    from golong.benchmarks import get_benchmark, read_bench_rows
+
+    bench = get_benchmark(source.benchmark, "--bench")
+    for row_no, row in read_bench_rows(source.path):
+        item = bench.parse(row, source.path, row_no)
+        if text in ("question", "both"):
+            yield item.question
+        if text in ("context", "both") and item.context:
+            yield item.context
+
+
+def bench_ngrams(sources: list[BenchSource], n: int, field: str, text: str = "question") -> dict[tuple[str, ...], set[int]]:
+    """n-gram -> indices of the benchmark files whose texts contain it."""
     index: dict[tuple[str, ...], set[int]] = {}
-    for b, path in enumerate(bench_files):
-        for _, grams in question_ngrams(path, n, field):
-            for gram in grams:
+    for b, source in enumerate(sources):
+        for t in bench_texts(source, field, text):
+            for gram in ngrams(ngram_tokens(t), n):
                 index.setdefault(gram, set()).add(b)
     return index
 
 
 def decontaminate(train_file: str, bench_files: list[str], out_file: str, n: int = 13,
-                  field: str = "question") -> DecontaminationResult:
-    """Write the rows of `train_file` that share no n-gram with any benchmark question to `out_file`."""
+                  field: str = "question", *, bench_text: str = "question", autodetect: bool = True) -> DecontaminationResult:
+    """Write the rows of `train_file` that share no n-gram with any benchmark question to `out_file`.
+    bench_files: --bench entries (FILE or NAME=FILE, module docstring); bench_text: which benchmark text
+    is compared (question, context or both); autodetect: read plain files by their benchmark's loader."""
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    if bench_text not in BENCH_TEXTS:
+        raise ValueError(f"--bench-text must be one of {', '.join(BENCH_TEXTS)}, got {bench_text!r}")
     if file_kind(out_file) != file_kind(train_file):
         raise ValueError(f"--out {out_file!r} must have the training file's type ({file_kind(train_file)}), "
                          "so that kept rows are written unchanged")
-    index = bench_ngrams(bench_files, n, field)
+    sources = [bench_source(entry, autodetect) for entry in bench_files]
+    index = bench_ngrams(sources, n, field, bench_text)
     dropped_per_bench = {path: 0 for path in bench_files}
     dropped: list[int] = []
     kept: list[int] = []
