@@ -66,15 +66,16 @@ def test_dry_run_reports_the_mistake(overrides, fragments):
     assert_refused(dry_run(*overrides), *fragments)
 
 
-def test_dry_run_checks_tensor_parallel_size_against_the_world_when_known():
+def test_dry_run_checks_tensor_parallel_size_against_the_world_when_known(tiny_model_path):
+    model = f"model.path={tiny_model_path}"
     assert_refused(dry_run("rollout.tensor_parallel_size=4", env={"WORLD_SIZE": "6"}),
                    "rollout.tensor_parallel_size: 4 does not divide the 6 ranks", "e.g. 3")
-    assert dry_run("rollout.tensor_parallel_size=4", env={"WORLD_SIZE": "8"}).returncode == 0
-    assert dry_run("rollout.tensor_parallel_size=4").returncode == 0  # no WORLD_SIZE: unknown, not checked
+    assert dry_run(model, "rollout.tensor_parallel_size=4", env={"WORLD_SIZE": "8"}).returncode == 0
+    assert dry_run(model, "rollout.tensor_parallel_size=4").returncode == 0  # no WORLD_SIZE: unknown, not checked
 
 
-def test_a_valid_user_estimator_path_passes_the_dry_run():
-    out = dry_run("algorithm.advantage.name=tests.custom_estimator:MyEstimator", "algorithm.advantage.params={clip: 2}")
+def test_a_valid_user_estimator_path_passes_the_dry_run(tiny_model_path):
+    out = dry_run(f"model.path={tiny_model_path}", "algorithm.advantage.name=tests.custom_estimator:MyEstimator", "algorithm.advantage.params={clip: 2}")
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["algorithm"]["advantage"]["params"] == {"clip": 2}
 

@@ -147,8 +147,8 @@ def test_sampler_counts_epochs_and_batches_as_they_are_drawn():
     assert (sampler.epochs_completed, sampler.batches_drawn) == (1, 3)
 
 
-def test_total_epochs_ends_the_run_after_the_passes_really_drawn():
-    cfg = load_config("recipes/tiny-cpu.yaml", ["trainer.total_steps=0", "trainer.total_epochs=2",
+def test_total_epochs_ends_the_run_after_the_passes_really_drawn(tiny_model_path):
+    cfg = load_config("recipes/tiny-cpu.yaml", [f"model.path={tiny_model_path}", "trainer.total_steps=0", "trainer.total_epochs=2",
                                                  "data.prompts_per_step=4", "algorithm.dynamic_sampling.enabled=true",
                                                  "algorithm.dynamic_sampling.prompts_per_round=8"])
     assert round_size(cfg) == 8
@@ -163,14 +163,14 @@ def test_total_epochs_ends_the_run_after_the_passes_really_drawn():
             assert estimated_total_steps(cfg, steps, sampler, 1.5) == 2 + 5  # 7 rounds left at 1.5 a step
     # 2+1+2+1+2+1 = 9 rounds after 6 steps; step 7 needs 2 more, so the step in progress runs past the end
     assert sampler.batches_drawn == 11 and steps == 7
-    fixed = load_config("recipes/tiny-cpu.yaml", ["trainer.total_steps=3"])
+    fixed = load_config("recipes/tiny-cpu.yaml", [f"model.path={tiny_model_path}", "trainer.total_steps=3"])
     assert finished(fixed, 3, sampler) and not finished(fixed, 2, sampler)
     assert estimated_total_steps(fixed, 1, sampler, 2.0) == 3
 
 
 @pytest.mark.parametrize("overlong_mask", [False, True])
-def test_overlong_mask_leaves_truncated_responses_out_of_the_loss(overlong_mask):
-    cfg = load_config("recipes/tiny-cpu.yaml", [f"rollout.overlong_mask={str(overlong_mask).lower()}"])
+def test_overlong_mask_leaves_truncated_responses_out_of_the_loss(overlong_mask, tiny_model_path):
+    cfg = load_config("recipes/tiny-cpu.yaml", [f"model.path={tiny_model_path}", f"rollout.overlong_mask={str(overlong_mask).lower()}"])
     run = SimpleNamespace(cfg=cfg, data=SimpleNamespace(prompts=[[5, 6], [7]]))
     rollouts = make_rollouts([0, 0, 1], [1.0, 0.0, 1.0], examples=[0, 0, 1], truncated=[False, True, True])
     samples = to_train_samples(run, rollouts, torch.tensor([0.5, -0.5, 0.0]))

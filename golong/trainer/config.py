@@ -10,7 +10,7 @@ from golong.configlib import invalid, option
 
 @dataclass
 class ModelConfig:
-    path: str = option("", "Local HF model folder or hub id of the policy (loaded with transformers).")
+    path: str = option("", "Local HF model folder (config.json, tokenizer, weights) or hub id of the policy, in the local HF cache or downloaded at start (loaded with transformers).")
     dtype: Literal["auto", "bfloat16", "float32"] = option("auto", "Training dtype; auto is bfloat16 on CUDA and float32 on CPU.")
     attention: Literal["auto", "flex", "flash_attention_2", "torch_varlen", "per_sequence"] = option(
         "auto", "Packed attention: auto picks per_sequence (exact SDPA) on CPU; on CUDA flex (flex_attention) with trainer.share_prompt, else flash-attn varlen (torch varlen without flash-attn).")
