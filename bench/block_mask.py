@@ -4,8 +4,9 @@ against `prompt_once_block_mask` (tiles from the unit/segment boundaries), per p
 
 Row layout, as the recipes pack it: units of one prompt (1/16 of the row, at most 8,192 tokens) and
 G = 16 responses of random lengths (0.5x-1.5x their mean, not multiples of 128), units back to back
-until the row is full. Each measurement runs in a fresh child process: peak memory is the child's
-`ru_maxrss` after building the mask minus the same before it (torch's CPU allocations included).
+until the row is full. Each measurement runs in a fresh child process, after one warm-up build of a
+300-token row: peak memory is the child's `ru_maxrss` after building the mask minus the same before it
+(torch's CPU allocations included).
 The old path runs only up to --old-max tokens (it needs ~T^2 x 11 bytes: ~60 GiB at 131K).
 Both paths' tile sets are compared where both run.
 
@@ -26,13 +27,19 @@ from golong.trainer.attention import prompt_once_block_mask, prompt_once_mask_mo
 from torch.nn.attention.flex_attention import create_block_mask
 
 mode, cu, segs = sys.argv[1], *(torch.tensor(json.loads(a), dtype=torch.int32) for a in sys.argv[2:4])
-T = int(cu[-1])
+
+
+def build(cu, segs):
+    T = int(cu[-1])
+    if mode == "old":
+        return create_block_mask(prompt_once_mask_mod(*segment_ids(cu, segs, T)), None, None, T, T, device="cpu")
+    return prompt_once_block_mask(cu, segs, T)
+
+
+build(torch.tensor([0, 300], dtype=torch.int32), torch.tensor([0, 100, 300], dtype=torch.int32))  # warm-up
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-if mode == "old":
-    mask = create_block_mask(prompt_once_mask_mod(*segment_ids(cu, segs, T)), None, None, T, T, device="cpu")
-else:
-    mask = prompt_once_block_mask(cu, segs, T)
+mask = build(cu, segs)
 seconds = time.perf_counter() - start
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 tiles = [mask.kv_num_blocks.sum().item(), mask.full_kv_num_blocks.sum().item()]

@@ -47,6 +47,10 @@ LAYOUTS = {  # name: (cu_seqlens, cu_segments, tile size)
 }
 
 
+LISTS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",  # BlockMask's tile lists
+         "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+
+
 def rule_mask(cu_seqlens, cu_segments, T):
     """(T, T) bool from the layout's rules, token by token: same unit, key not after the query, and the
     key in the unit's prompt or in the query's own segment."""
@@ -74,6 +78,7 @@ def test_tiles_equal_the_token_mask(name):
     mask = prompt_once_block_mask(cu_seqlens, cu_segments, T, block_size=B)
     n = -(-T // B)
     assert mask.seq_lengths == (T, T) and mask.BLOCK_SIZE == (B, B) and mask.kv_indices.shape == (1, 1, n, n)
+    assert all(getattr(mask, f).is_contiguous() and getattr(mask, f).dtype == torch.int32 for f in LISTS)
     partial, full = tiles(mask.kv_num_blocks, mask.kv_indices, n), tiles(mask.full_kv_num_blocks, mask.full_kv_indices, n)
     assert not (partial & full).any()
     # the backward pass's per-key-tile lists are the same sets transposed
@@ -103,10 +108,16 @@ def test_same_block_mask_as_create_block_mask(name):
     mask_mod = prompt_once_mask_mod(*segment_ids(cu_seqlens, cu_segments, T))
     torch_s = create_block_mask(mask_mod, None, None, T, T, device="cpu", BLOCK_SIZE=B)  # dense T x T inside
     assert ours.seq_lengths == torch_s.seq_lengths and ours.BLOCK_SIZE == torch_s.BLOCK_SIZE
-    for field in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
-                  "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"):
+    for field in LISTS:
         a, b = getattr(ours, field), getattr(torch_s, field)
         assert a.dtype == b.dtype == torch.int32 and torch.equal(a, b), field
+
+
+def test_boundaries_outside_the_row_are_refused():
+    cu_seqlens = torch.tensor([0, 10], dtype=torch.int32)
+    for cu_segments, T in (([0, 4, 12], 10), ([0, 6, 4, 10], 10), ([0, 4, 10], 12)):
+        with pytest.raises(ValueError, match="cu_segments must rise from 0 to the row's"):
+            prompt_once_block_mask(cu_seqlens, torch.tensor(cu_segments, dtype=torch.int32), T)
 
 
 class _Module(torch.nn.Module):

@@ -20,8 +20,9 @@ Implementations (`model.attention`):
   queries against [prompt keys; own keys] with a bottom-right causal mask (cost: sum of
   prompt^2 + response x (prompt + response)). A unit with one response is one causal call.
 - CUDA, prompt-once (`trainer.share_prompt`): `golong_flex_prompt_once`, torch's flex_attention
-  with a block mask from unit/segment ids: no copy of a prompt's keys/values per response, and blocks
-  that are fully masked are skipped.
+  with a block mask built from the unit/segment boundaries tile by tile (never a [T, T] mask: torch's
+  `create_block_mask` would hold ~11 bytes per pair, ~1.3 TiB at a 360K-token row): no copy of a
+  prompt's keys/values per response, fully masked tiles skipped, the mask_mod only on partial tiles.
 - CUDA, one response per unit: flash-attn's varlen kernel through transformers' `flash_attention_2`
   when flash-attn is installed, else `golong_torch_varlen` (PyTorch's own `varlen_attn`).
 
@@ -229,6 +230,7 @@ def _ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """BlockMask's row format of a (rows, cols) bool tile set, with batch and head dims of 1: the count
     per row (1, 1, rows) and the column indices, present ones first, then the absent ones, each ascending
     (1, 1, rows, cols), int32; what torch's stable descending argsort gives, by a cumulative sum instead."""
+    tiles = tiles.contiguous()  # the transposed sets too: the kernels read the index lists row-major
     cols = torch.arange(tiles.shape[-1], dtype=torch.int32, device=tiles.device).expand_as(tiles)
     present = torch.cumsum(tiles, -1, dtype=torch.int32)  # present tiles up to and including each column
     counts = present[:, -1:]
@@ -245,8 +247,8 @@ def prompt_once_block_mask(cu_seqlens: torch.Tensor, cu_segments: torch.Tensor, 
     where torch's `create_block_mask` would first evaluate the mask_mod on all T^2 pairs."""
     from torch.nn.attention.flex_attention import BlockMask
 
+    partial, full = prompt_once_block_sets(cu_seqlens, cu_segments, num_tokens, block_size)  # checks the bounds
     mask_mod = prompt_once_mask_mod(*segment_ids(cu_seqlens, cu_segments, num_tokens))
-    partial, full = prompt_once_block_sets(cu_seqlens, cu_segments, num_tokens, block_size)
     # the backward pass's per-key-tile lists are the transposed sets (BlockMask.from_kv_blocks would derive
     # them through another dense round trip)
     return BlockMask((num_tokens, num_tokens), *_ordered(partial), *_ordered(full), *_ordered(partial.T),
