@@ -5,9 +5,11 @@ against `prompt_once_block_mask` (tiles from the unit/segment boundaries), per p
 Row layout, as the recipes pack it: units of one prompt (1/16 of the row, at most 8,192 tokens) and
 G = 16 responses of random lengths (0.5x-1.5x their mean, not multiples of 128), units back to back
 until the row is full. Each measurement runs in a fresh child process, after one warm-up build of a
-300-token row: peak memory is the child's `ru_maxrss` after building the mask minus the same before it
-(torch's CPU allocations included).
-The old path runs only up to --old-max tokens (it needs ~T^2 x 11 bytes: ~60 GiB at 131K).
+300-token row: peak memory is the child's peak resident set (Linux VmHWM, reset through
+/proc/self/clear_refs just before) minus what was resident before the build: torch's CPU allocations
+included.
+The memory ratio floors the new path's peak at 0.1 MiB (below that its growth is lost in pages
+the process already holds). The old path runs only up to --old-max tokens (it holds ~10 bytes per pair: ~160 GiB at 131K).
 Both paths' tile sets are compared where both run.
 
     PYTHONPATH=. .venv/bin/python bench/block_mask.py          # --tokens 4096 8192 16384 131072 360448
@@ -21,7 +23,7 @@ import subprocess
 import sys
 
 PEAK_CHILD = r"""
-import hashlib, json, resource, sys, time
+import hashlib, json, sys, time
 import torch
 from golong.trainer.attention import prompt_once_block_mask, prompt_once_mask_mod, segment_ids
 from torch.nn.attention.flex_attention import create_block_mask
@@ -37,11 +39,18 @@ def build(cu, segs):
 
 
 build(torch.tensor([0, 300], dtype=torch.int32), torch.tensor([0, 100, 300], dtype=torch.int32))  # warm-up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def status_kib(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+
+
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to what is resident now
+before = status_kib("VmRSS")
 start = time.perf_counter()
 mask = build(cu, segs)
 seconds = time.perf_counter() - start
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+peak_kib = status_kib("VmHWM") - before
 tiles = [mask.kv_num_blocks.sum().item(), mask.full_kv_num_blocks.sum().item()]
 digest = hashlib.sha256(mask.kv_indices.numpy().tobytes() + mask.full_kv_indices.numpy().tobytes()).hexdigest()
 print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024, "tiles": tiles, "digest": digest}))
@@ -83,10 +92,10 @@ def main():
         if old is not None and (old["tiles"], old["digest"]) != (new["tiles"], new["digest"]):
             raise SystemExit(f"{tokens} tokens: the two paths give different tile sets")
         cells = (f"{old['seconds']:>9.3f}{old['peak_mib']:>10.1f}" if old else f"{'-':>9}{'-':>10}")
-        ratios = (f"{old['seconds'] / new['seconds']:>11.1f}x{old['peak_mib'] / max(new['peak_mib'], 0.1):>13.1f}x"
+        ratios = (f"{old['seconds'] / new['seconds']:>11.1f}x{old['peak_mib'] / max(new['peak_mib'], 0.1):>13.0f}x"
                   if old else f"{'-':>12}{'-':>14}")
         print(f"{tokens:>10}{len(cu) - 1:>7}{'{}/{}'.format(*new['tiles']):>20}{cells}"
-              f"{new['seconds']:>9.3f}{new['peak_mib']:>10.1f}{ratios}")
+              f"{new['seconds']:>9.3f}{new['peak_mib']:>10.2f}{ratios}")
 
 
 if __name__ == "__main__":

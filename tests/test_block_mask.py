@@ -153,7 +153,7 @@ def test_compiled_flex_attention_with_the_mask_equals_exact_attention():
 
 
 PEAK_CHILD = r"""
-import json, random, resource, sys
+import json, random, sys
 import torch
 from golong.trainer.attention import prompt_once_block_mask
 
@@ -166,18 +166,21 @@ while cu[-1] < 131072:
         segments.append(min(131072, segments[-1] + rng.randint(768, 2304)))
     cu.append(segments[-1])
 cu, segments = torch.tensor(cu, dtype=torch.int32), torch.tensor(segments, dtype=torch.int32)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+status_kib = lambda key: int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+open("/proc/self/clear_refs", "w").write("5")  # Linux: resets the peak (VmHWM) to what is resident now
+before = status_kib("VmRSS")
 mask = prompt_once_block_mask(cu, segments, 131072)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+peak = status_kib("VmHWM") - before
 print(json.dumps({"peak_kib": peak, "tiles": mask.kv_num_blocks.sum().item() + mask.full_kv_num_blocks.sum().item(),
                   "full": mask.full_kv_num_blocks.sum().item()}))
 """
 
 
 def test_block_mask_memory_at_131k_tokens_is_bounded():
-    """Peak memory of building the mask of a 131,072-token row, in a fresh process (ru_maxrss sees
-    torch's allocations): under 1 GiB. Fails before the fix: the old `create_block_mask` path evaluated
-    the mask_mod on all T^2 pairs (measured 2.9 GiB at 16K tokens, ~11 bytes a pair: ~190 GiB here)."""
+    """Peak memory of building the mask of a 131,072-token row, in a fresh process (the peak resident
+    set, Linux VmHWM reset just before, sees torch's allocations): under 1 GiB. Fails before the fix: the
+    old `create_block_mask` path evaluated the mask_mod on all T^2 pairs (bench/block_mask.py: 2.5 GiB at
+    16K tokens, ~10 bytes a pair: ~160 GiB here)."""
     out = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
