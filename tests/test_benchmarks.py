@@ -5,6 +5,9 @@ LLM judge through a real local OpenAI-compatible HTTP server, middle truncation,
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -426,17 +429,26 @@ def test_unknown_benchmark_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_longbench_v2_with_the_tiny_model(tiny_model_path, tmp_path, capsys):
+def run_golong_eval(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m golong eval ARGS` as a user runs it (its own process: vLLM's and golong's console setup
+    stay out of pytest's output capture); fails the test with its output on a non-zero exit."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "golong", "eval", *args], capture_output=True, text=True,
+                          timeout=900, cwd=repo, env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"golong eval failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_eval_longbench_v2_with_the_tiny_model(tiny_model_path, tmp_path):
     """Released LongBench-V2 rows (one longer than the budget, so middle-truncated) -> vLLM -> pred.py's
     extraction -> the report table; every written score is the metric of the written response."""
     long_context = " ".join(f"word{i}" for i in range(3000))
     data = write_json(tmp_path / "data.json", [lbv2_row(0), lbv2_row(1, "C", "hard", "long", context=long_context),
                                               lbv2_row(2, "A", "hard", "medium")])
     out, samples = tmp_path / "report.json", tmp_path / "samples.jsonl"
-    code = eval_main(["--model", tiny_model_path, "--benchmark", "longbench_v2", "--data", data, "--g", "2",
-                      "--max-tokens", "8", "--max-prompt-length", "512", "--gpu-memory-utilization", "0.3",
-                      "--out", str(out), "--samples-out", str(samples)])
-    assert code == 0
+    proc = run_golong_eval(["--model", tiny_model_path, "--benchmark", "longbench_v2", "--data", data, "--g", "2",
+                            "--max-tokens", "8", "--max-prompt-length", "512", "--gpu-memory-utilization", "0.3",
+                            "--out", str(out), "--samples-out", str(samples)])
     report = json.loads(out.read_text())
     r = report["benchmarks"]["longbench_v2"]
     assert (r["rows"], r["responses"], r["rows_truncated"], r["rows_skipped_too_long"]) == (3, 6, 1, 0)
@@ -451,7 +463,7 @@ def test_eval_longbench_v2_with_the_tiny_model(tiny_model_path, tmp_path, capsys
         assert row["scores"] == [bench.score(items[row["id"]], t, None).value for t in row["responses"]]
         per_row.append(sum(row["scores"]) / 2)
     assert r["score"] == pytest.approx(100 * sum(per_row) / 3)
-    printed = capsys.readouterr().out.splitlines()
+    printed = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(printed) if line.startswith("Model "))
     assert printed[header].split() == ["Model", "Avg.", "LBV2"]
     assert printed[header + 1].split()[2] == f"{r['score']:.1f}"
@@ -459,7 +471,7 @@ def test_eval_longbench_v2_with_the_tiny_model(tiny_model_path, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_suite_paper_from_a_directory_with_a_judge(tiny_model_path, tmp_path, capsys):
+def test_suite_paper_from_a_directory_with_a_judge(tiny_model_path, tmp_path):
     """`--suite paper --data DIR`: five benchmarks' released files in DIR/NAME/, one engine, the judge a real
     local server; the MRCR conversation is longer than the budget and is skipped, not cut."""
     root = tmp_path / "bench"
@@ -474,11 +486,10 @@ def test_suite_paper_from_a_directory_with_a_judge(tiny_model_path, tmp_path, ca
     frames_tsv(root / "frames" / "test.tsv", [("DOC:f0 How many owls?", "Seven", "Owl article text.")])
     out = tmp_path / "report.json"
     with judge_server({"f0": "Decision: TRUE"}) as server:
-        code = eval_main(["--model", tiny_model_path, "--suite", "paper", "--data", str(root), "--g", "2",
-                          "--max-tokens", "6", "--max-prompt-length", "512", "--gpu-memory-utilization", "0.3",
-                          "--judge-model", "judge", "--judge-endpoint", server.url, "--judge-max-retries", "0",
-                          "--out", str(out)])
-    assert code == 0
+        proc = run_golong_eval(["--model", tiny_model_path, "--suite", "paper", "--data", str(root), "--g", "2",
+                                "--max-tokens", "6", "--max-prompt-length", "512", "--gpu-memory-utilization", "0.3",
+                                "--judge-model", "judge", "--judge-endpoint", server.url, "--judge-max-retries", "0",
+                                "--out", str(out)])
     report = json.loads(out.read_text())
     b = report["benchmarks"]
     assert list(b) == ["docmath", "longbench_v2", "frames", "mrcr", "longbench_qa"]  # Table 5 order
@@ -491,4 +502,4 @@ def test_suite_paper_from_a_directory_with_a_judge(tiny_model_path, tmp_path, ca
     assert row.split()[6] == "-" and note == "(Avg. over the 5 of 6 benchmarks run)"
     scores = [b[n]["score"] for n in b]
     assert float(row.split()[1]) == pytest.approx(sum(scores) / 5, abs=0.05)
-    assert report["table"] in capsys.readouterr().out
+    assert report["table"] in proc.stdout
