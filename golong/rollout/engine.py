@@ -139,7 +139,14 @@ class RolloutEngine:
         self._trace = os.environ.get("GOLONG_ROLLOUT_TRACE")
         self.last_seeds: list[int | None] = []  # the seeds of the last generate call's requests, in order
         self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/rollout/routes.py)
+        # CPU: a seeded request whose prefill is chunked over engine steps makes vLLM 0.32 rewind its generator
+        # (`set_offset`), which a CPU torch.Generator lacks ("CPU Generator does not use offset"). Per-request
+        # seeds are always passed, so on CPU whole prefills only (chunked prefill off, a step's token budget at
+        # least one whole prompt + response). CUDA generators have offsets: vLLM's defaults stay.
+        cpu_prefill = (dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
+                       if current_platform.is_cpu() else {})
         self.llm = LLM(**self.routes.engine_kwargs(dict(
+            **cpu_prefill,
             model=model_path,
             dtype=cfg.dtype,
             tensor_parallel_size=tp,
