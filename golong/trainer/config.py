@@ -166,7 +166,7 @@ class LoggingConfig:
     progress_keys: list[str] = option(["reward/mean", "response_length/mean", "time/step"],
                                       "Metrics shown beside the progress bar (those present in a step's metrics).")
     verbose: bool = option(False, "Show every library's console output; off, known-harmless third-party warnings go to output_dir/logs/ only (GOLONG_VERBOSE=1 does the same).")
-    plot: bool = option(True, "Draw reward-per-task curves to PNG in the run folder at the end.")
+    plot: bool = option(True, "Draw reward-per-task curves (and the validation curves, when the run validates) to PNG in the run folder at the end.")
     plot_smoothing: float = option(0.6, "Plot: exponential-moving-average weight of the drawn curves (0 draws the raw values).")
 
     def validate(self) -> None:
