@@ -15,6 +15,10 @@ them in rounds until the step has data.prompts_per_step groups whose rewards dif
 Every rank runs the same loop (torchrun); each rank's vLLM engine generates for its share of the
 prompts, then every rank sees every response (`RolloutCollector.collect` gathers them), so advantages
 use whole-batch task statistics and micro-batches are balanced over all ranks.
+
+Validation (trainer.val_every) is golong/trainer/validate.py's, outside the step: before the first step and
+after every val_every-th one, with the same collector class on the same engine; its val/ metrics join the
+step's line of metrics.jsonl.
 """
 from __future__ import annotations
 
