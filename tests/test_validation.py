@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, free_port
 from golong.config import ConfigError, load_config
@@ -311,3 +312,14 @@ def test_validation_every_two_steps_resumes_identically_and_keeps_the_best(asset
     assert val_lines(split) == val_lines(full)
     assert best_state(split) == state  # the best score read back from best/ on resume
     assert same_state(checkpoint_tensors(split / "checkpoints" / BEST_DIR), best_tensors)
+
+    # `golong export RUN_DIR --best` writes the best checkpoint's weights (another step's than the latest's)
+    from safetensors.torch import load_file
+
+    from golong.trainer.export import export_checkpoint
+
+    best_hf = load_file(os.path.join(export_checkpoint(str(full), best=True), "model.safetensors"))
+    assert (full / "hf-best" / "config.json").exists()
+    latest_hf = load_file(os.path.join(export_checkpoint(str(full), str(tmp_path / "hf-latest")), "model.safetensors"))
+    assert best_hf.keys() == latest_hf.keys()
+    assert (best_step == 4) == all(torch.equal(best_hf[k], latest_hf[k]) for k in best_hf)
