@@ -49,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from golong.trainer.export import export_checkpoint
 
-    print(f"HF model written to {export_checkpoint(args.run_dir, args.out)}")
+    print(f"HF model written to {export_checkpoint(args.run_dir, args.out, best=args.best)}")
     return 0
 
 
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write an HF-format model from a run's latest checkpoint")
     p.add_argument("run_dir", help="a run folder (trainer.output_dir)")
-    p.add_argument("--out", default=None, help="destination (default RUN_DIR/hf)")
+    p.add_argument("--out", default=None, help="destination (default RUN_DIR/hf, RUN_DIR/hf-best with --best)")
+    p.add_argument("--best", action="store_true",
+                   help="export the best-validated checkpoint (trainer.save_best: checkpoints/best/) instead")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("prepare-demo", help="write the CPU demo's synthetic splits and its warmed-up tiny model")

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from golong.rollout.config import RolloutConfig, check_router_replay
 from golong.trainer.config import AlgorithmConfig, LoggingConfig, ModelConfig, TrainerConfig
 
 __all__ = ["Config", "ConfigError", "load_config", "to_dict"]
+
+logger = logging.getLogger("golong")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Config:
         if self.rollout.max_model_len and self.rollout.max_model_len < self.rollout.max_response_length + 1:
             raise invalid("rollout.max_model_len", "leaves no room for a prompt",
                           "set 0 to derive it, or at least rollout.max_response_length + 1")
+        self.validate_validation()
         estimator = self.algorithm.advantage.estimator_class()  # resolved (and built) by its own section
         if estimator.needs_groups and self.rollout.n < 2:
             raise invalid("rollout.n", f"is {self.rollout.n}, but {self.algorithm.advantage.name} compares each "
@@ -55,6 +59,27 @@ class Config:
             with model_load_errors(self.model.path):
                 check_model_heads(self.model.path, self.trainer.sequence_parallel_size, self.model.trust_remote_code)
         check_router_replay(self.rollout, self.model.path)  # MoE models only
+
+    def validate_validation(self) -> None:
+        """Validation during training (trainer.val_every, data.val_files, rollout.val_*, trainer.save_best)."""
+        every, files = self.trainer.val_every, self.data.val_files
+        if every and not files:
+            raise invalid("trainer.val_every", f"is {every}, but data.val_files is empty: there is nothing to validate on",
+                          "set data.val_files=[held-out.jsonl] (rows in the formats of data.train_files), or "
+                          "trainer.val_every=0")
+        if files and not every and os.environ.get("RANK", "0") == "0":
+            # a warning, not an error: turning validation off for one run should not need a second override
+            logger.warning("data.val_files is set but trainer.val_every is 0: this run never validates (set "
+                           "trainer.val_every, e.g. 50, to validate before the first step and every 50 steps)")
+        if self.trainer.save_best and not every:
+            raise invalid("trainer.save_best", "needs validation scores, but trainer.val_every is 0",
+                          "set trainer.val_every and data.val_files, or trainer.save_best=false")
+        longest = self.rollout.val_response_length
+        if every and self.rollout.max_model_len and self.rollout.max_model_len < longest + 1:
+            raise invalid("rollout.val_max_tokens", f"validation responses of up to {longest} tokens leave no room for "
+                          f"a prompt in rollout.max_model_len={self.rollout.max_model_len}",
+                          "lower rollout.val_max_tokens (0: rollout.max_response_length), or set rollout.max_model_len "
+                          "to 0 to derive it")
 
     def validate_parallel_sizes(self, world: int | None) -> None:
         """Parallel sizes against the number of ranks, when it is known (torchrun sets WORLD_SIZE)."""
@@ -75,8 +100,11 @@ class Config:
 
     @property
     def max_model_len(self) -> int:
-        """The longest prompt + response the engines must hold."""
-        return self.rollout.max_model_len or self.data.max_prompt_length + self.rollout.max_response_length
+        """The longest prompt + response the engines must hold (a validation response too, when validating)."""
+        response = self.rollout.max_response_length
+        if self.trainer.val_every:
+            response = max(response, self.rollout.val_response_length)
+        return self.rollout.max_model_len or self.data.max_prompt_length + response
 
 
 def world_size() -> int | None:

@@ -1,8 +1,10 @@
 """`golong plot RUN_DIR`: reward per task over training steps, read from the run's metrics.jsonl, to a PNG.
 
 One curve per `reward/<task>/mean` key and a bold one for the overall `reward/mean`; each drawn raw (faint)
-and smoothed with an exponential moving average (solid). Uses matplotlib's object API with the Agg canvas,
-so it needs no display and leaves pyplot's global state alone.
+and smoothed with an exponential moving average (solid). When the run validated (trainer.val_every), a second
+panel below draws the validation scores as they were logged (no smoothing: one point per validation, step 0
+included): `val/<task>/mean_score` per task and a bold `val/macro`. Uses matplotlib's object API with the Agg
+canvas, so it needs no display and leaves pyplot's global state alone.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from golong.trainer.metrics import METRICS_FILE, read_metrics
 PLOT_FILE = "reward_per_task.png"
 OVERALL = "all"  # the label of the overall reward/mean curve
 _TASK_REWARD = re.compile(r"^reward/(?P<task>[^/]+)/mean$")
+VAL_MACRO = "val/macro"  # the label of the validation panel's bold curve
+_TASK_VAL = re.compile(r"^val/(?P<task>[^/]+)/mean_score$")
 
 
 def ema(values: list[float], weight: float) -> list[float]:
@@ -34,18 +38,28 @@ def reward_curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], l
     A step where a task's value is missing or not finite (no prompt of that task in the batch) is skipped
     for that task only.
     """
+    return _curves(records, "reward/mean", OVERALL, _TASK_REWARD)
+
+
+def val_curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """label -> (steps, scores) of the validations: `val/macro`, then one per task from
+    val/<task>/mean_score, by name; {} for a run that never validated."""
+    return _curves(records, VAL_MACRO, VAL_MACRO, _TASK_VAL)
+
+
+def _curves(records, overall_key: str, overall: str, per_task: re.Pattern) -> dict[str, tuple[list[int], list[float]]]:
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for record in sorted(records, key=lambda r: r["step"]):
         for key, value in record.items():
-            match = _TASK_REWARD.match(key)
-            label = OVERALL if key == "reward/mean" else match.group("task") if match else None
+            match = per_task.match(key)
+            label = overall if key == overall_key else match.group("task") if match else None
             if label is None or not isinstance(value, (int, float)) or not math.isfinite(value):
                 continue
             steps, values = curves.setdefault(label, ([], []))
             steps.append(record["step"])
             values.append(float(value))
-    tasks = sorted(label for label in curves if label != OVERALL)
-    return {label: curves[label] for label in ([OVERALL] if OVERALL in curves else []) + tasks}
+    tasks = sorted(label for label in curves if label != overall)
+    return {label: curves[label] for label in ([overall] if overall in curves else []) + tasks}
 
 
 def plot_run(run_dir: str, out_png: str | None = None, smoothing: float | None = None) -> str:
@@ -56,17 +70,19 @@ def plot_run(run_dir: str, out_png: str | None = None, smoothing: float | None =
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: RUN_DIR must be a training run's output_dir")
-    curves = reward_curves(read_metrics(path))
+    records = read_metrics(path)
+    curves, validation = reward_curves(records), val_curves(records)
     if not curves:
         raise ValueError(f"{path} has no reward/mean or reward/<task>/mean values to plot")
     weight = LoggingConfig().plot_smoothing if smoothing is None else smoothing
     out_png = out_png or os.path.join(run_dir, PLOT_FILE)
 
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
-    ax = fig.subplots()
-    for i, (label, (steps, values)) in enumerate(curves.items()):
+    fig = Figure(figsize=(9, 9.5) if validation else (9, 5.5), layout="constrained")
+    ax, *val_ax = fig.subplots(2, 1, sharex=True) if validation else [fig.subplots()]
+    colors = {label: f"C{i % 10}" for i, label in enumerate(sorted({*curves, *validation} - {OVERALL, VAL_MACRO}))}
+    for label, (steps, values) in curves.items():
         overall = label == OVERALL
-        color = "black" if overall else f"C{i % 10}"
+        color = "black" if overall else colors[label]
         ax.plot(steps, values, color=color, alpha=0.2, linewidth=1)
         ax.plot(steps, ema(values, weight), color=color, linewidth=2.5 if overall else 1.5,
                 label="reward/mean" if overall else label)
@@ -75,6 +91,16 @@ def plot_run(run_dir: str, out_png: str | None = None, smoothing: float | None =
     ax.set_title(f"Reward per task: {os.path.basename(os.path.abspath(run_dir))}")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    for vax in val_ax:  # the validation panel: the same colour per task as above
+        for label, (steps, values) in validation.items():
+            macro = label == VAL_MACRO
+            vax.plot(steps, values, color="black" if macro else colors[label], marker="o", markersize=3,
+                     linewidth=2.5 if macro else 1.5, label=label)
+        vax.set_xlabel("step")
+        vax.set_ylabel("validation mean_score")
+        vax.set_title("Validation (data.val_files, rollout.val_* sampling)")
+        vax.grid(alpha=0.3)
+        vax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png

@@ -60,3 +60,30 @@ def test_plot_errors_name_the_problem(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     with pytest.raises(ValueError, match="no reward/mean"):
         plot_run(str(tmp_path))
+
+
+def test_val_curves_macro_first_tasks_by_name_step_0_included():
+    from golong.plot import val_curves
+
+    records = [
+        {"step": 0, "val/macro": 0.3, "val/T2/mean_score": 0.4, "val/T1/mean_score": 0.2, "val/T1/pass@1": 0.0},
+        {"step": 1, "reward/mean": 0.5},
+        {"step": 2, "reward/mean": 0.6, "val/macro": 0.5, "val/T1/mean_score": 0.6, "val/T2/mean_score": 0.4,
+         "val/mean_score": 0.5},
+    ]
+    curves = val_curves(records)
+    assert list(curves) == ["val/macro", "T1", "T2"]
+    assert curves["val/macro"] == ([0, 2], [0.3, 0.5]) and curves["T1"] == ([0, 2], [0.2, 0.6])
+    assert val_curves([{"step": 1, "reward/mean": 0.5}]) == {}
+
+
+def test_a_run_that_validated_gets_a_validation_panel(tmp_path):
+    write_metrics(tmp_path, steps=6)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        for s in (0, 3, 6):
+            f.write(json.dumps({"step": s, "val/macro": s / 10, "val/T1/mean_score": s / 12}) + "\n")
+    image = imread(plot_run(str(tmp_path)))
+    assert image.shape == (1045, 990, 4)  # figsize 9 x 9.5 inches: the reward panel and the validation panel
+    lower = image[image.shape[0] // 2 + 60:]
+    colored = (abs(lower[..., 0] - lower[..., 1]) + abs(lower[..., 1] - lower[..., 2])) > 0.2
+    assert colored.sum() > 200  # the validation panel has a task curve

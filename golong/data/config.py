@@ -1,6 +1,7 @@
 """Config of the dataset: which files, how prompts are built and filtered, how batches are drawn."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ class DataConfig:
     shuffle: bool = option(True, "Draw prompts in a fresh random order every epoch (uniform sampling, paper Eq. 4).")
     seed: int = option(1, "Seed of the prompt order; with the checkpointed position it makes resumed runs see the same batches.")
     enable_thinking: bool = option(True, "Passed to the chat template (Qwen3 thinking models open <think> in the prompt).")
+    val_files: list[str] = option([], "Validation files (trainer.val_every), in the formats of train_files: templated, tokenized and length-filtered as training prompts; max_rows does not subset them.")
 
     def validate(self) -> None:
         if self.prompts_per_step < 1:
@@ -30,3 +32,11 @@ class DataConfig:
                           "raise max_rows (or 0 for all rows), or lower prompts_per_step")
         if self.max_prompt_length < 1:
             raise invalid("max_prompt_length", f"must be positive, got {self.max_prompt_length}", "set the longest prompt in tokens")
+        fix = "list existing .jsonl or .parquet files (paths relative to where golong runs), or set data.val_files=[]"
+        for path in self.val_files:
+            if not os.path.exists(path):
+                raise invalid("val_files", f"{path!r} does not exist", fix)
+            if os.path.isdir(path):
+                raise invalid("val_files", f"{path!r} is a folder, not a file", fix)
+            if not path.lower().endswith((".jsonl", ".parquet")):
+                raise invalid("val_files", f"{path!r} is neither .jsonl nor .parquet", fix)

@@ -197,16 +197,21 @@ class RolloutCollector:
         self._task_id = {t: i for i, t in enumerate(tasks)}
         self.route_store: dict[int, np.ndarray] = {}  # this rank's responses' routes, by RouteRef.key
 
-    def collect(self, rows: list[int], first_group: int = 0, step: int = 0) -> Rollouts:
+    def collect(self, rows: list[int], first_group: int = 0, step: int = 0, *, n: int | None = None,
+                temperature: float | None = None, top_p: float | None = None,
+                max_tokens: int | None = None) -> Rollouts:
         """G responses for each of `rows` (indices into examples), scored, from every rank. Collective: every
         rank passes the same rows and gets the same Rollouts. Row k's group id is first_group + k; its
-        sampling seed derives from (rollout.seed, step, group id): the same on every rank (request_seeds)."""
+        sampling seed derives from (rollout.seed, step, group id): the same on every rank (request_seeds).
+        n, temperature, top_p, max_tokens: the engine's sampling settings for this call (default: the rollout
+        config's; validation passes rollout.val_*)."""
         from golong.rollout.engine import request_seeds
 
         engine = self.engine
         mine = list(range(engine.dp_rank, len(rows), engine.dp_size))  # positions in `rows`
         batch = engine.generate([self.prompts[rows[p]] for p in mine],
-                                seeds=request_seeds(engine.cfg.seed, step, [first_group + p for p in mine]))
+                                seeds=request_seeds(engine.cfg.seed, step, [first_group + p for p in mine]),
+                                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
         local = Rollouts.empty()
         if engine.leads_tp_group:  # its TP group's other ranks got the same responses: one copy is kept
             position = [mine[k] for k in batch.prompt_index]

@@ -26,6 +26,15 @@ class RolloutConfig:
     seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
     router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only).")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
+    val_n: int = option(4, "Validation (trainer.val_every): responses per validation row; mean_score and pass@1 average over them.")
+    val_temperature: float = option(0.6, "Validation sampling temperature (section 5.1's validation setting: 0.6); 0 is greedy, with val_n 1.")
+    val_top_p: float = option(0.95, "Validation nucleus sampling (section 5.1: 0.95); validation trains on nothing, so IcePop's top_p 1.0 rule does not apply.")
+    val_max_tokens: int = option(0, "Most tokens per validation response; 0 means max_response_length.")
+
+    @property
+    def val_response_length(self) -> int:
+        """Most tokens of a validation response (val_max_tokens, or max_response_length when 0)."""
+        return self.val_max_tokens or self.max_response_length
 
     def validate(self) -> None:
         if self.n < 1:
@@ -44,7 +53,22 @@ class RolloutConfig:
             raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")
+        self._check_validation()
         self._check_routes()
+
+    def _check_validation(self) -> None:
+        if self.val_n < 1:
+            raise invalid("val_n", f"must be at least 1, got {self.val_n}", "use e.g. 4 (golong eval's default G)")
+        if self.val_temperature < 0:
+            raise invalid("val_temperature", f"must be >= 0, got {self.val_temperature}", "use 0.6 (section 5.1), or 0 for greedy")
+        if self.val_temperature == 0 and self.val_n > 1:
+            raise invalid("val_n", f"is {self.val_n} with val_temperature 0: greedy decoding gives the same response "
+                          f"{self.val_n} times", "set rollout.val_n=1 for greedy validation, or a positive "
+                          "rollout.val_temperature such as 0.6")
+        if not 0 < self.val_top_p <= 1:
+            raise invalid("val_top_p", f"must be in (0, 1], got {self.val_top_p}", "use 0.95 (section 5.1)")
+        if self.val_max_tokens < 0:
+            raise invalid("val_max_tokens", f"must be >= 0, got {self.val_max_tokens}", "use 0 for max_response_length, or a token count")
 
     def _check_routes(self) -> None:
         """What vLLM 0.32's routed-experts output (the CUDA route source) cannot do.

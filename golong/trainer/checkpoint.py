@@ -6,6 +6,8 @@ Layout under `<output_dir>/checkpoints/`:
       zero_pp_rank_R_mp_rank_00_*.pt    DeepSpeed: each rank's ZeRO shard of weights, optimizer and scheduler
       rng_rank_00000.json ...           each rank's RNG states (python, numpy, torch CPU and CUDA)
       run_state.json                    step, sampler position, loop extras; written last: the completion marker
+    best/                               trainer.save_best: the best-validated checkpoint, the same files; never
+                                        rotated by keep_last, never named by `latest`, never resumed from
     latest                              names the newest complete checkpoint, in DeepSpeed's own format,
                                         so DeepSpeed's tools (zero_to_fp32.py, load_checkpoint(tag=None)) work here
     zero_to_fp32.py                     DeepSpeed's recovery script (DeepSpeed copies it beside its checkpoints)
@@ -45,6 +47,7 @@ from golong.world import World, current_world
 RUN_STATE_FILE = "run_state.json"  # written last inside a checkpoint: its presence marks the folder complete
 LATEST_FILE = "latest"
 TMP_PREFIX = ".tmp-"
+BEST_DIR = "best"  # trainer.save_best's checkpoint (golong/trainer/validate.py)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -217,15 +220,19 @@ class Checkpointer:
                                "trainer.output_dir")
         return local
 
-    def save(self, engine, state: RunState) -> str:
+    def save(self, engine, state: RunState, name: str | None = None) -> str:
         """Write a complete checkpoint of `engine` (a DeepSpeedEngine) and `state`; return its folder.
 
         Called by every rank: each writes its ZeRO shard and its RNG states; the folder's writer (rank 0, or
         each node's first rank in the per-node layout) then writes run_state.json, renames the folder into
         place, updates `latest` and deletes checkpoints beyond the newest `keep_last`.
+
+        `name`: a folder other than step_<step> (BEST_DIR): it replaces the previous one of that name (kept whole
+        until the new one is in place), and `latest` and the keep_last rotation leave it alone.
         """
         rank, world = self.world.rank, self.world.size
-        name = self.dir_name(state.step)
+        step_folder = name is None
+        name = name or self.dir_name(state.step)
         tmp_name = TMP_PREFIX + name
         tmp_dir, final_dir = os.path.join(self.root, tmp_name), os.path.join(self.root, name)
         if self.is_writer:
@@ -240,12 +247,16 @@ class Checkpointer:
         if self.is_writer:
             _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
                           json.dumps({**asdict(state), "world_size": world}, indent=1))
-            if os.path.isdir(final_dir):  # a run restarted without resuming re-saves a step it saved before
-                shutil.rmtree(final_dir)
+            old_dir = os.path.join(self.root, f"{TMP_PREFIX}old-{name}")  # a .tmp-* folder: latest() removes it
+            if os.path.isdir(final_dir):  # a run restarted without resuming re-saves a step; BEST_DIR is replaced
+                shutil.rmtree(old_dir, ignore_errors=True)
+                os.rename(final_dir, old_dir)
             os.rename(tmp_dir, final_dir)
             _fsync_dir(self.root)
-            _write_atomic(os.path.join(self.root, LATEST_FILE), name)  # last: it only ever names a complete folder
-            self._delete_old()
+            shutil.rmtree(old_dir, ignore_errors=True)
+            if step_folder:
+                _write_atomic(os.path.join(self.root, LATEST_FILE), name)  # last: it only ever names a complete folder
+                self._delete_old()
         self.world.barrier()
         return final_dir
 

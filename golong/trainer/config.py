@@ -1,6 +1,7 @@
 """Config of the policy model, the loss, the optimizer and the run (checkpoints, logging)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -113,9 +114,12 @@ class TrainerConfig:
     sequence_parallel_size: int = option(1, "Ranks that train one packed row together (Ulysses through DeepSpeed ALST: each holds 1/sp of the row's tokens, attention splits the heads). Must divide the world size and split the model's heads (query heads divisible by it; KV heads divisible by it or dividing it). 1 turns it off.")
     max_skipped_steps: int = option(3, "Non-finite guard: a step whose loss or global gradient norm is not finite is skipped (weights and optimizer state unchanged, actor/skipped_steps counts it, a warning); this many skipped steps in a row stop the run with an error, its newest checkpoint holding the last good weights.")
     logprob_chunk_size: int = option(1024, "Tokens per chunk through the LM head, so [tokens x vocab] is never whole (1024 x 151,936 fp32 = 0.58 GiB).")
+    val_every: int = option(0, "Validate on data.val_files (rollout.val_* sampling) before the first step and after every step that is a multiple of this; val/ metrics go into that step's metrics.jsonl line. 0 never validates.")
+    save_best: bool = option(False, "Keep the checkpoint of the best save_best_metric in checkpoints/best/ (never deleted by keep_last; only a strictly better validation replaces it); needs val_every.")
+    save_best_metric: str = option("val/macro", "The validation metric save_best maximizes: val/macro, val/mean_score, val/pass@1, val/<task>/mean_score or val/<task>/pass@1.")
 
     def validate(self) -> None:
-        for name in ("total_steps", "save_every", "warmup_steps"):
+        for name in ("total_steps", "save_every", "warmup_steps", "val_every"):
             if getattr(self, name) < 0:
                 raise invalid(name, f"must be >= 0, got {getattr(self, name)}", "use 0 or a positive number")
         if self.total_epochs < 1:
@@ -143,6 +147,13 @@ class TrainerConfig:
             raise invalid("max_skipped_steps", f"must be at least 1, got {self.max_skipped_steps}", "use 3")
         if self.micro_batch_max_tokens < 1 or self.logprob_chunk_size < 1:
             raise invalid("micro_batch_max_tokens/logprob_chunk_size", "must be positive", "use token counts such as 32768 and 1024")
+        if not VAL_METRIC.match(self.save_best_metric):
+            raise invalid("save_best_metric", f"{self.save_best_metric!r} is not a validation metric",
+                          "use val/macro, val/mean_score, val/pass@1, val/<task>/mean_score or val/<task>/pass@1 "
+                          "(e.g. val/T1/pass@1)")
+
+
+VAL_METRIC = re.compile(r"^val/(macro|mean_score|pass@1|[^/]+/(mean_score|pass@1))$")  # what validation logs
 
 
 @dataclass
@@ -155,7 +166,7 @@ class LoggingConfig:
     progress_keys: list[str] = option(["reward/mean", "response_length/mean", "time/step"],
                                       "Metrics shown beside the progress bar (those present in a step's metrics).")
     verbose: bool = option(False, "Show every library's console output; off, known-harmless third-party warnings go to output_dir/logs/ only (GOLONG_VERBOSE=1 does the same).")
-    plot: bool = option(True, "Draw reward-per-task curves to PNG in the run folder at the end.")
+    plot: bool = option(True, "Draw reward-per-task curves (and the validation curves, when the run validates) to PNG in the run folder at the end.")
     plot_smoothing: float = option(0.6, "Plot: exponential-moving-average weight of the drawn curves (0 draws the raw values).")
 
     def validate(self) -> None:

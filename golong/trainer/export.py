@@ -178,20 +178,29 @@ def _swap_into_place(tmp_dir: str, out_dir: str) -> None:
     shutil.rmtree(old_dir, ignore_errors=True)
 
 
-def export_checkpoint(run_dir: str, out: str | None = None) -> str:
-    """`golong export`: an HF model folder from a run's latest checkpoint (consolidated with
-    DeepSpeed's zero_to_fp32, so no engine or accelerator is needed)."""
+def export_checkpoint(run_dir: str, out: str | None = None, best: bool = False) -> str:
+    """`golong export`: an HF model folder from a run's latest checkpoint, or with `best` its best-validated
+    one (trainer.save_best: checkpoints/best/), consolidated with DeepSpeed's zero_to_fp32, so no engine or
+    accelerator is needed. Default `out`: RUN_DIR/hf (RUN_DIR/hf-best with `best`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from golong.config import load_config
-    from golong.trainer.checkpoint import Checkpointer
+    from golong.trainer.checkpoint import BEST_DIR, RUN_STATE_FILE, Checkpointer
 
     config_file = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"{config_file} not found. Fix: pass a run folder (a run's trainer.output_dir)")
-    cfg = load_config(config_file)
-    latest = Checkpointer(run_dir, cfg.trainer.keep_last).latest(clean_up=False)  # the run may still be saving
+    # validation settings off: exporting needs no validation file (the run's may have moved since)
+    cfg = load_config(config_file, ["trainer.val_every=0", "data.val_files=[]", "trainer.save_best=false"])
+    checkpointer = Checkpointer(run_dir, cfg.trainer.keep_last)
+    if best:
+        latest = os.path.join(checkpointer.root, BEST_DIR)
+        if not os.path.isfile(os.path.join(latest, RUN_STATE_FILE)):
+            raise FileNotFoundError(f"no complete {latest}. Fix: export a run trained with trainer.save_best=true "
+                                    "(and trainer.val_every), or export its latest checkpoint (without --best)")
+    else:
+        latest = checkpointer.latest(clean_up=False)  # the run may still be saving
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}/checkpoints. Fix: export a run that has "
                                 "saved one (trainer.save_every, or the end of training)")
@@ -212,6 +221,6 @@ def export_checkpoint(run_dir: str, out: str | None = None) -> str:
     if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
         raise RuntimeError(f"checkpoint {latest} does not match {cfg.model.path}: missing "
                            f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {loaded.unexpected_keys[:5]}")
-    out = out or os.path.join(run_dir, "hf")
+    out = out or os.path.join(run_dir, "hf-best" if best else "hf")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     return export_hf(model, tokenizer, out)

@@ -15,6 +15,10 @@ them in rounds until the step has data.prompts_per_step groups whose rewards dif
 Every rank runs the same loop (torchrun); each rank's vLLM engine generates for its share of the
 prompts, then every rank sees every response (`RolloutCollector.collect` gathers them), so advantages
 use whole-batch task statistics and micro-batches are balanced over all ranks.
+
+Validation (trainer.val_every) is golong/trainer/validate.py's, outside the step: before the first step and
+after every val_every-th one, with the same collector class on the same engine; its val/ metrics join the
+step's line of metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from golong.trainer.loss import LossDenominator, PolicyLossStats, resolve_agg_mo
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
 from golong.trainer.packing import plan_micro_batches, plan_units
 from golong.trainer.router_replay import configure_router_replay, router_metrics
+from golong.trainer.validate import Validator
 from golong.world import World, init_world
 
 logger = logging.getLogger("golong")
@@ -269,23 +274,30 @@ def count_skipped(cfg: Config, world: World, step: int, step_metrics: dict[str, 
     return in_a_row
 
 
-def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:
-    """Load and check every row, template and tokenize the prompts, drop the overlong ones."""
-    loaded = load_examples(cfg.data.train_files, cfg.data)
-    prompts = encode_prompts(loaded.examples, tokenizer, cfg.data)
-    kept = filter_long_prompts(loaded.examples, prompts, cfg.data.max_prompt_length)
+def read_prompt_set(files: list[str], data_cfg, tokenizer, world: World, what: str = "data") -> PromptSet:
+    """Load and check every row of `files`, template and tokenize the prompts, drop the overlong ones: the
+    training prompts (load_prompt_set) and the validation prompts (golong/trainer/validate.py) alike."""
+    loaded = load_examples(files, data_cfg)
+    prompts = encode_prompts(loaded.examples, tokenizer, data_cfg)
+    kept = filter_long_prompts(loaded.examples, prompts, data_cfg.max_prompt_length)
     if world.is_main:
-        logger.info("data: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
-                    len(kept.examples), loaded.task_counts(), kept.num_dropped, cfg.data.max_prompt_length,
+        logger.info("%s: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
+                    what, len(kept.examples), loaded.task_counts(), kept.num_dropped, data_cfg.max_prompt_length,
                     loaded.num_bad_rows_skipped)
-    if len(kept.examples) < round_size:
-        key = ("algorithm.dynamic_sampling.prompts_per_round" if round_size != cfg.data.prompts_per_step
-               else "data.prompts_per_step")
-        raise ConfigError(f"{key}={round_size}: only {len(kept.examples)} of {len(loaded.examples)} prompts are at "
-                          f"most data.max_prompt_length={cfg.data.max_prompt_length} tokens. Fix: raise "
-                          f"data.max_prompt_length, add data, or lower {key}")
     return PromptSet(examples=kept.examples, prompts=kept.prompts, tasks=sorted({e.task for e in kept.examples}),
                      num_dropped_long=kept.num_dropped, num_bad_rows=loaded.num_bad_rows_skipped)
+
+
+def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:
+    """The training prompts (data.train_files), at least one generation round of them."""
+    data = read_prompt_set(cfg.data.train_files, cfg.data, tokenizer, world)
+    if len(data.examples) < round_size:
+        key = ("algorithm.dynamic_sampling.prompts_per_round" if round_size != cfg.data.prompts_per_step
+               else "data.prompts_per_step")
+        raise ConfigError(f"{key}={round_size}: only {len(data.examples)} of {len(data.examples) + data.num_dropped_long} "
+                          f"prompts are at most data.max_prompt_length={cfg.data.max_prompt_length} tokens. Fix: raise "
+                          f"data.max_prompt_length, add data, or lower {key}")
+    return data
 
 
 def round_size(cfg: Config) -> int:
@@ -350,6 +362,7 @@ def train(cfg: Config) -> None:
     with starting(world, "loading data"):
         tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         data = load_prompt_set(cfg, tokenizer, world, round_size(cfg))
+        validator = Validator.load(cfg, tokenizer, world)  # trainer.val_every: data.val_files, loaded alike
     sampler = PromptSampler(len(data.examples), round_size(cfg), cfg.data.seed, cfg.data.shuffle)
     estimator = advantage_lib.build(cfg.algorithm.advantage.name, **cfg.algorithm.advantage.params)
     agg_mode = resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg)
@@ -385,6 +398,7 @@ def train(cfg: Config) -> None:
             logger.info("trainer.total_epochs=%d with dynamic sampling: a step takes as many rounds as it needs, so "
                         "the step count (%d) is an estimate, refined as the run goes", cfg.trainer.total_epochs, total)
         metrics = MetricsLogger(out_dir, cfg.logging, to_dict(cfg), world.rank, total_steps=total, start_step=step)
+        validator.begin(run, checkpointer, metrics, step)  # a fresh run validates its initial policy (step 0)
         rounds = 0  # generation rounds of this process's steps: the total's estimate
         first = step
         skipped_in_a_row = 0
@@ -396,7 +410,8 @@ def train(cfg: Config) -> None:
             rounds += step_metrics["sampling/rounds"]
             metrics.set_total(estimated_total_steps(cfg, step, sampler, rounds / (step - first)))
             metrics.log(step, {**step_metrics, **timer.pop(), "data/epoch": float(sampler.epoch),
-                               "data/dropped_long_prompts": float(data.num_dropped_long)})
+                               "data/dropped_long_prompts": float(data.num_dropped_long),
+                               **validator.after_step(step)})  # val/ metrics when step % trainer.val_every == 0
             skipped_in_a_row = count_skipped(cfg, world, step, step_metrics, skipped_in_a_row)
             if finished(cfg, step, sampler) or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
                 checkpointer.save(policy.ds_engine, RunState(step=step, sampler=sampler.state_dict()))

@@ -61,7 +61,8 @@ class MetricsLogger:
 
     start_step: steps already done (the resumed checkpoint's step; 0 for a fresh run, which therefore
     starts a fresh metrics.jsonl). Steps are counted from 1: the line of step s is logged after step s,
-    and the checkpoint `step_s` holds the state after it.
+    and the checkpoint `step_s` holds the state after it; step 0 holds only the validation of the initial
+    policy (trainer.val_every).
     """
 
     def __init__(self, output_dir: str, cfg: LoggingConfig, config_dict: dict[str, Any], rank: int, *,
@@ -73,7 +74,8 @@ class MetricsLogger:
             return
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, METRICS_FILE)
-        dropped = truncate_metrics(path, start_step)
+        # a fresh run keeps no line at all (not even an earlier attempt's step-0 validation line)
+        dropped = truncate_metrics(path, start_step if start_step else -1)
         if dropped and start_step:
             print(f"metrics: dropped {dropped} lines after step {start_step} from {path} (those steps run again)")
         self.file = open(path, "a", encoding="utf-8")
