@@ -138,6 +138,19 @@ def test_syncing_the_start_weights_back_restores_the_engines_experts(engine, moe
         assert torch.equal(engine.experts_at_start[name], tensor), name
 
 
+def count_cpu_moe_layers(worker) -> int:
+    """collective_rpc target: how many MoE layers weight_sync re-prepacks after a reload."""
+    from golong.rollout.weight_sync import cpu_moe_layers
+
+    return len(cpu_moe_layers(worker.model_runner.get_model()))
+
+
+def test_the_repack_finds_every_moe_layer_whatever_the_cpu_kernel_subclass(engine):
+    """On CPUs with AMX vLLM runs X86CPUUnquantizedExperts, a subclass: matching the base class by name
+    missed it, so synced experts were read in the wrong layout (router agreement 0.94, found in CI)."""
+    assert engine.llm.collective_rpc(count_cpu_moe_layers)[0] == 2  # the tiny MoE's two layers
+
+
 def chunk(positions, tokens, expert):
     n = len(positions)
     return _Chunk(np.asarray(positions), np.asarray(tokens), np.full((n, 2, 2), expert, dtype=np.int32))

@@ -172,13 +172,26 @@ def repack_cpu_moe_experts(model: torch.nn.Module) -> int:
     weights into its grouped-GEMM layout. An in-place reload writes the new weights in checkpoint
     layout but skips that prepack (UnquantizedFusedMoEMethod only calls the experts' own
     process_weights_after_loading on the first load), so after a sync the kernel would read
-    checkpoint-layout weights as packed ones: wrong expert outputs. Prepack them again here.
+    checkpoint-layout weights as packed ones: wrong expert outputs. Prepack them again here, with the
+    ISA-specific subclass's own layout (AMX machines: X86CPUUnquantizedExperts).
     """
     repacked = 0
+    for module, experts in cpu_moe_layers(model):
+        experts.process_weights_after_loading(module)
+        repacked += 1
+    return repacked
+
+
+def cpu_moe_layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, object]]:
+    """(MoE layer, its CPU experts kernel) for every MoE layer that vLLM-CPU runs with prepacked weights."""
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
+
+    layers = []
     for module in model.modules():
         kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
         experts = getattr(kernel, "fused_experts", None)
-        if experts is not None and type(experts).__name__ == "CPUUnquantizedExperts" and hasattr(module, "w13_weight"):
-            experts.process_weights_after_loading(module)
-            repacked += 1
-    return repacked
+        # isinstance, not the class name: on CPUs with AMX tiles vLLM picks the subclass
+        # X86CPUUnquantizedExperts (isa "amx"), whose prepacked layout differs from the base class's "vec"
+        if isinstance(experts, CPUUnquantizedExperts) and hasattr(module, "w13_weight"):
+            layers.append((module, experts))
+    return layers
