@@ -528,7 +528,7 @@ def train_once(engine, samples, units: bool = False) -> dict:
         mb = pack_units(list(groups.values()))
     else:
         mb = pack(samples)
-    denom = LossDenominator.build(samples, "token-mean")
+    denom = LossDenominator.build(samples, "token-mean", world=engine.world)
     sync(engine.device)
     start = time.perf_counter()
     stats = engine.forward_backward(mb, denom)

@@ -104,7 +104,7 @@ def worker(model_dir: str, tokens: int, sp: int, out: str, explain: int = 0) -> 
     sample = TrainSample(torch.randint(0, 200, (tokens - response,), generator=g).tolist(),
                          torch.randint(0, 200, (response,), generator=g).tolist(), advantage=1.0)
     mb = pack([sample])
-    denom = LossDenominator.build(counted_once([sample], engine.sp), "token-mean")
+    denom = LossDenominator.build(counted_once([sample], engine.sp), "token-mean", world=engine.world)
     engine.forward_backward(mb, denom)  # warm-up: AdamW's state is allocated by the first step
     engine.optimizer_step()
     if explain:

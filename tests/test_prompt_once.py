@@ -12,8 +12,9 @@ from golong.trainer.attention import (FLEX_PROMPT_ONCE, PER_SEQUENCE, flex_promp
 from golong.trainer.batch import TrainSample, pack, pack_units, unit_num_tokens
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.trainer.engine import LogProbModel
-from golong.trainer.loss import LossDenominator, aggregation_weights, policy_loss
+from golong.trainer.loss import LossDenominator, LossInputs, aggregation_weights, policy_loss
 from golong.trainer.packing import plan_micro_batches, plan_units
+from golong.world import current_world
 
 TEMPERATURE = 0.7
 
@@ -230,38 +231,48 @@ def test_plan_balances_groups_over_ranks():
 # group-token-mean (Eq. 4) by hand
 
 
+def tokens_by_group(denom: LossDenominator) -> dict[int, float]:
+    return dict(zip(denom.group_ids.tolist(), denom.group_tokens.tolist()))
+
+
+def on_tokens(mb, logp, old_logp, denom: LossDenominator) -> LossInputs:
+    """The loss's view of a packed micro-batch's tokens (as PolicyEngine.forward_backward builds it)."""
+    return LossInputs(logp=logp, old_logp=old_logp, advantages=mb.advantages, token_mask=mb.loss_mask,
+                      seq_index=mb.seq_index, group_index=denom.group_index(mb.group_ids, mb.loss_mask))
+
+
 def test_group_token_mean_by_hand():
     # group A: responses of 1 and 15 tokens; group B: 2 and 3 tokens; every token's loss is 1
     samples = group(2, [1, 15], 10, seed=0) + group(2, [2, 3], 11, seed=1)
     mb = pack_units([samples[:2], samples[2:]])
     for mode, weight_of_15 in (("group-token-mean", 0.5 * 15 / 16), ("token-mean", 15 / 21)):
-        denom = LossDenominator.build(samples, mode)
-        w = aggregation_weights(mb.loss_mask, mb.seq_index, denom, mb.group_ids)
+        denom = LossDenominator.build(samples, mode, world=current_world())
+        w = aggregation_weights(mb.loss_mask, mb.seq_index, denom, denom.group_index(mb.group_ids, mb.loss_mask))
         assert w[mb.seq_index == 1].sum().item() == pytest.approx(weight_of_15)
         assert w.sum().item() == pytest.approx(1.0)
-    denom = LossDenominator.build(samples, "group-token-mean")
-    assert denom.value == 2 and denom.group_tokens == {10: 16.0, 11: 5.0}
+    denom = LossDenominator.build(samples, "group-token-mean", world=current_world())
+    assert denom.value == 2 and tokens_by_group(denom) == {10: 16.0, 11: 5.0}
     # the 15-token response weighs 0.47 under Eq. 4 and 0.71 under token-mean (issue's example, in K)
     assert 0.5 * 15 / 16 == pytest.approx(0.469, abs=1e-3) and 15 / 21 == pytest.approx(0.714, abs=1e-3)
 
     # the loss by hand: l_t = -A rho with rho = 1 (on-policy); loss = mean over groups of sum / group tokens
     logp = torch.zeros(mb.labels.numel(), requires_grad=True)
-    loss, stats = policy_loss(logp, logp.detach(), None, mb.advantages, mb.loss_mask, mb.seq_index,
-                              PolicyLossConfig(), IcePopConfig(mode="off"), denom, group_ids=mb.group_ids)
+    loss = policy_loss(on_tokens(mb, logp, logp.detach(), denom), PolicyLossConfig(), IcePopConfig(mode="off"), denom)
     adv = [s.advantage for s in samples]
     by_hand = 0.5 * (-(adv[0] * 1 + adv[1] * 15) / 16 - (adv[2] * 2 + adv[3] * 3) / 5)
     assert loss.item() == pytest.approx(by_hand)
     # a response with loss_weight 0 leaves its group's count; a group with none in the loss leaves the groups
     samples[3].loss_weight = 0.0
-    masked = LossDenominator.build(samples + group(2, [4], 12, seed=2, advantages=[1.0])[:0], "group-token-mean")
-    assert masked.group_tokens == {10: 16.0, 11: 2.0}
+    masked = LossDenominator.build(samples + group(2, [4], 12, seed=2, advantages=[1.0])[:0], "group-token-mean",
+                                   world=current_world())
+    assert tokens_by_group(masked) == {10: 16.0, 11: 2.0}
     off = [TrainSample([1], [2, 3], 1.0, group_id=13, loss_weight=0.0)]
-    assert LossDenominator.build(samples + off, "group-token-mean").value == 2
+    assert LossDenominator.build(samples + off, "group-token-mean", world=current_world()).value == 2
 
 
 def test_group_token_mean_is_split_invariant_over_micro_batches():
     samples = group(3, [1, 15, 4], 0, seed=0) + group(5, [2, 3], 1, seed=1)
-    denom = LossDenominator.build(samples, "group-token-mean")
+    denom = LossDenominator.build(samples, "group-token-mean", world=current_world())
     g = torch.Generator().manual_seed(0)
     per_response = [torch.randn(len(s.response_ids), generator=g) for s in samples]
 
@@ -270,8 +281,7 @@ def test_group_token_mean_is_split_invariant_over_micro_batches():
         for unit_list in units:
             mb = pack_units([[samples[i] for i in u] for u in unit_list])
             logp = torch.cat([per_response[i] for u in unit_list for i in u])
-            loss, _ = policy_loss(logp, logp - 0.1, None, mb.advantages, mb.loss_mask, mb.seq_index,
-                                  PolicyLossConfig(), IcePopConfig(mode="off"), denom, group_ids=mb.group_ids)
+            loss = policy_loss(on_tokens(mb, logp, logp - 0.1, denom), PolicyLossConfig(), IcePopConfig(mode="off"), denom)
             total += loss.item()
         return total
 
@@ -282,4 +292,4 @@ def test_group_token_mean_is_split_invariant_over_micro_batches():
 
 def test_group_token_mean_needs_group_ids():
     with pytest.raises(ValueError, match="group_id"):
-        LossDenominator.build([TrainSample([1], [2], 1.0)], "group-token-mean")
+        LossDenominator.build([TrainSample([1], [2], 1.0)], "group-token-mean", world=current_world())

@@ -2,7 +2,7 @@
 
 One `PolicyEngine` per process (torchrun rank, or a single process as world size 1). A step:
 
-    denom = LossDenominator.build(samples, agg_mode)                   # once, all ranks
+    denom = LossDenominator.build(samples, agg_mode, world=world)      # once, all ranks
     mbs = [pack_units(units_of(mb)) for mb in plan[rank]]              # same count on every rank (packing.py)
     for mb in mbs: mb.old_logprobs = engine.old_logprobs(mb)           # only when ppo_epochs > 1 or KL (see forward_backward)
     stats = sum((engine.forward_backward(mb, denom) for mb in mbs), PolicyLossStats())
@@ -37,7 +37,7 @@ from golong.trainer.attention import (FLEX_PROMPT_ONCE, PROMPT_ONCE_IMPLEMENTATI
 from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.logprobs import token_logprobs
-from golong.trainer.loss import LossDenominator, PolicyLossStats, policy_loss
+from golong.trainer.loss import LossDenominator, LossInputs, PolicyLossStats, loss_stats, policy_loss
 from golong.world import World, init_world
 from golong.trainer.router_replay import RouterReplay
 from golong.trainer.router_replay import forward_kwargs as replay_kwargs
@@ -300,13 +300,16 @@ class PolicyEngine:
         `mb.old_logprobs` (so rollout/logprob_abs_diff and later epochs can read them).
         """
         start = time.perf_counter()
-        caller_mb, mb = mb, mb.to(self.device)
+        group_index = denom.group_index(mb.group_ids, mb.loss_mask)  # on the host copy: checked without a device sync
+        caller_mb, mb, denom = mb, mb.to(self.device), denom.to(self.device)
         logp, entropy = self._run(self.ds_engine, mb, with_entropy=True)
         if mb.old_logprobs is None:
             caller_mb.old_logprobs = mb.old_logprobs = logp.detach()
-        loss, stats = policy_loss(logp, mb.old_logprobs, mb.rollout_logprobs, mb.advantages, mb.loss_mask,
-                                  mb.seq_index, self.loss_cfg, self.icepop_cfg, denom, entropy=entropy,
-                                  ref_logp=mb.ref_logprobs, group_ids=mb.group_ids)
+        tokens = LossInputs(logp=logp, old_logp=mb.old_logprobs, advantages=mb.advantages, token_mask=mb.loss_mask,
+                            seq_index=mb.seq_index, rollout_logp=mb.rollout_logprobs, entropy=entropy,
+                            ref_logp=mb.ref_logprobs,
+                            group_index=None if group_index is None else group_index.to(self.device))
+        loss = contribution = policy_loss(tokens, self.loss_cfg, self.icepop_cfg, denom)
         if self._micro_batches == 0 and self.ds_engine.global_steps + 1 in self._nan_updates:
             loss = loss + float("nan")  # the test hook (TEST_NAN_STEPS_ENV)
         self._micro_batches += 1
@@ -317,8 +320,8 @@ class PolicyEngine:
         # dividing by accumulation steps. [SP] every rank of an SP group holds the same loss value, its
         # backward reaching only its own tokens; the statistics are counted on the group's first rank.
         self.ds_engine.backward(loss * self.grad_scale, scale_wrt_gas=False)
-        if not self.sp.counts_once:
-            stats = PolicyLossStats()
+        # read after the backward is queued: the statistics' one device-to-host copy waits for it, not the forward
+        stats = loss_stats(tokens, contribution, self.loss_cfg, self.icepop_cfg) if self.sp.counts_once else PolicyLossStats()
         self._tokens += mb.num_tokens
         self._real_tokens += mb.num_real_tokens
         self._busy_s += time.perf_counter() - start

@@ -131,7 +131,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
     denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
-                                  run.constant_norm_length)
+                                  run.constant_norm_length, world=world)
     loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
     skipped = 0  # updates discarded by the non-finite guard (PolicyEngine.optimizer_step)
     with timer.phase("update"):
@@ -151,7 +151,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         "batch/trained_prompts": float(rollouts.num_groups),
         "batch/trained_responses": float(len(rollouts)),
         **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
-        **{f"actor/{k}": v for k, v in loss_stats.all_reduce().metrics().items()},
+        **{f"actor/{k}": v for k, v in loss_stats.all_reduce(world).metrics().items()},
         **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
         "actor/skipped_steps": float(skipped),
         "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)

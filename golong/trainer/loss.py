@@ -1,6 +1,12 @@
 """The GoLongRL policy loss: clipped surrogate (Eq. 2) with clip-higher and dual clip, IcePop
 rollout/trainer mismatch correction (section 5.1, Table 12), and step-wide aggregation (Eq. 3, 4, DAPO).
 
+One formula per function, each pure (tensors in, tensors out: no collective, no device-host sync):
+`log_ratio`, `clipped_surrogate` (Eq. 2), `icepop_weights` (section 5.1), `k3_kl`, `aggregation_weights`
+(Eq. 3, 4, DAPO); `policy_loss` composes them into a micro-batch's contribution, and `loss_stats` measures
+it (one device-to-host copy). The collectives are the callers': `LossDenominator.build` and
+`PolicyLossStats.all_reduce` take the world.
+
 Split invariance. The step's loss is one sum over every response token of the step divided by one
 step-wide denominator (`LossDenominator`, computed once per step over all micro-batches and all
 data-parallel ranks). Each micro-batch contributes its share `sum_t w_t * l_t`, where the weight
@@ -9,19 +15,21 @@ micro-batches) or of its prompt group (whose token count the denominator holds, 
 micro-batches, prompt-once units and ranks). The gradients of the contributions therefore add up to the gradient of the step's
 loss however the batch is split; the engine undoes DeepSpeed's averaging over ranks (see engine.py).
 
-    denom = LossDenominator.build(samples_of_this_rank, "group-token-mean")  # collectives inside
-    loss, stats = policy_loss(logp, old_logp, rollout_logp, advantages, mask, seq_index, cfg, icepop, denom,
-                              group_ids=mb.group_ids)
+    denom = LossDenominator.build(samples_of_this_rank, "group-token-mean", world=world)  # collective, once a step
+    group_index = denom.group_index(mb.group_ids, mb.loss_mask)       # on the host copy (None unless group-token-mean)
+    tokens = LossInputs(logp=logp, old_logp=..., advantages=..., token_mask=..., seq_index=..., group_index=...)
+    loss = policy_loss(tokens, cfg, icepop, denom.to(device))
+    stats = loss_stats(tokens, loss, cfg, icepop)                     # summed over a step, then .all_reduce(world)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from golong.trainer.batch import TrainSample
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
-from golong.world import current_world
+from golong.world import World
 
 AGG_MODES = ("group-token-mean", "token-mean", "seq-mean-token-mean", "constant-norm")
 _LOG_RATIO_LIMIT = 20.0  # exp(+-20) bounds ratios of log-probs that disagree wildly (as verl does)
@@ -36,7 +44,7 @@ def resolve_agg_mode(cfg: PolicyLossConfig, preferred: str | None = None) -> str
     return mode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LossDenominator:
     """The step-wide normaliser of the loss; build it once per step, before the first micro-batch.
 
@@ -48,15 +56,20 @@ class LossDenominator:
     of them (a group all of whose responses have weight 0 is not counted). Tokens that IcePop masks or
     vetoes still count (they contribute 0), as in IcePop's own objective, so the denominator is known
     before any log-prob is computed.
+
+    The group table is the one owner of the map from TrainSample.group_id to a dense group index:
+    `group_index` applies it to a micro-batch's tokens, `aggregation_weights` indexes `group_tokens` with it.
     """
 
     agg_mode: str
     value: float
-    group_tokens: dict[int, float] | None = None  # group-token-mean: response tokens (in the loss) per group_id
+    group_ids: torch.Tensor | None = None  # (G,) int64 group-token-mean: the step's group_ids in the loss, sorted; index g is group_ids[g] (host)
+    group_tokens: torch.Tensor | None = None  # (G,) float64 group-token-mean: response tokens (in the loss) of group index g
 
     @classmethod
-    def build(cls, samples: list[TrainSample], agg_mode: str, constant_norm_length: int = 0) -> LossDenominator:
-        """From this rank's samples, summed over all ranks (collectives: every rank must call it).
+    def build(cls, samples: list[TrainSample], agg_mode: str, constant_norm_length: int = 0, *,
+              world: World) -> LossDenominator:
+        """From this rank's samples, summed over `world`'s ranks (a collective: every rank calls it).
         A group split over micro-batches, units or ranks counts once."""
         if agg_mode not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {agg_mode!r}; valid: {', '.join(AGG_MODES)} "
@@ -65,14 +78,14 @@ class LossDenominator:
             raise ValueError("constant-norm needs constant_norm_length >= 1 (Dr.GRPO's L, e.g. the max response length)")
         counted = [s for s in samples if s.in_loss]
         if agg_mode == "group-token-mean":
-            return cls._group_token_mean(counted)
-        tokens, sequences = current_world().all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
+            return cls._group_token_mean(counted, world)
+        tokens, sequences = world.all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
         value = {"token-mean": tokens, "seq-mean-token-mean": sequences,
                  "constant-norm": sequences * constant_norm_length}[agg_mode]
         return cls(agg_mode, max(value, 1.0))  # a step with nothing to learn from gives loss 0, not 0/0
 
     @classmethod
-    def _group_token_mean(cls, counted: list[TrainSample]) -> LossDenominator:
+    def _group_token_mean(cls, counted: list[TrainSample], world: World) -> LossDenominator:
         if any(s.group_id is None for s in counted):
             raise ValueError("algorithm.loss.agg_mode=group-token-mean needs every TrainSample's group_id "
                              "(which prompt group it belongs to)")
@@ -80,16 +93,42 @@ class LossDenominator:
         for s in counted:
             local[s.group_id] = local.get(s.group_id, 0.0) + len(s.response_ids)
         group_tokens: dict[int, float] = {}
-        for part in current_world().all_gather_objects(local):
+        for part in world.all_gather_objects(local):
             for group, tokens in part.items():
                 group_tokens[group] = group_tokens.get(group, 0.0) + tokens
-        return cls("group-token-mean", max(float(len(group_tokens)), 1.0), group_tokens)
+        ids = sorted(group_tokens)
+        return cls("group-token-mean", max(float(len(ids)), 1.0), group_ids=torch.tensor(ids, dtype=torch.long),
+                   group_tokens=torch.tensor([group_tokens[g] for g in ids], dtype=torch.float64))
+
+    def group_index(self, group_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor | None:
+        """(N,) int64: each token's dense group index into `group_tokens`, from its group id (`group_ids`:
+        PackedMicroBatch.group_ids); None unless group-token-mean. Tokens out of the loss whose group is not
+        counted get index 0 (their weight is 0). Call it on the micro-batch's host copy: the check that every
+        token in the loss belongs to a counted group reads the result, which on a device would wait for it."""
+        if self.agg_mode != "group-token-mean":
+            return None
+        known_ids = self.group_ids.to(group_ids.device)
+        if not known_ids.numel():
+            index, known = torch.zeros_like(group_ids), torch.zeros_like(group_ids, dtype=torch.bool)
+        else:
+            index = torch.searchsorted(known_ids, group_ids).clamp(max=known_ids.numel() - 1)
+            known = known_ids[index] == group_ids
+        if bool(((token_mask != 0) & ~known).any()):
+            raise ValueError("a token in the loss belongs to a group that LossDenominator.build did not see")
+        return torch.where(known, index, 0)
+
+    def to(self, device: torch.device) -> LossDenominator:
+        """This denominator with `group_tokens` on `device`, where the loss indexes it (the same object
+        when there is nothing to move). Move it with the micro-batch, before the forward pass."""
+        if self.group_tokens is None or self.group_tokens.device == torch.device(device):
+            return self
+        return replace(self, group_tokens=self.group_tokens.to(device))
 
 
 @dataclass
 class PolicyLossStats:
     """Sums over the loss tokens (loss_mask > 0) of some micro-batches. Add the stats of a step's
-    micro-batches with `+`, sum them over ranks with `all_reduce()`, then read `metrics()`."""
+    micro-batches with `+`, sum them over ranks with `all_reduce(world)`, then read `metrics()`."""
 
     loss: float = 0.0  # the contributions themselves: their total is the step's loss
     tokens: float = 0.0
@@ -107,9 +146,10 @@ class PolicyLossStats:
     def __add__(self, other: PolicyLossStats) -> PolicyLossStats:
         return PolicyLossStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
-    def all_reduce(self) -> PolicyLossStats:
+    def all_reduce(self, world: World) -> PolicyLossStats:
+        """The sums over `world`'s ranks (a collective: every rank calls it)."""
         names = [f.name for f in fields(self)]
-        totals = current_world().all_reduce_sum([getattr(self, name) for name in names])
+        totals = world.all_reduce_sum([getattr(self, name) for name in names])
         return PolicyLossStats(**dict(zip(names, totals)))
 
     def metrics(self) -> dict[str, float]:
@@ -128,6 +168,47 @@ class PolicyLossStats:
             "response_tokens": self.tokens,
             "responses": self.sequences,
         }
+
+
+@dataclass
+class LossInputs:
+    """One micro-batch's response tokens as the loss reads them; every tensor (N,), on one device.
+    The float tensors other than `entropy` are cast to logp's dtype."""
+
+    logp: torch.Tensor  # log-probs under the trained policy (with gradient)
+    old_logp: torch.Tensor  # under the policy that sampled (PackedMicroBatch.old_logprobs; no gradient)
+    advantages: torch.Tensor  # each token's response advantage
+    token_mask: torch.Tensor  # the response's loss_weight (0: out of the loss)
+    seq_index: torch.Tensor  # int64: the token's response; a response's tokens are contiguous (as packed)
+    rollout_logp: torch.Tensor | None = None  # the rollout engine's log-probs (IcePop)
+    entropy: torch.Tensor | None = None  # token entropies (entropy bonus, statistics)
+    ref_logp: torch.Tensor | None = None  # the reference model's log-probs (kl_coef > 0)
+    group_index: torch.Tensor | None = None  # int64 group-token-mean: LossDenominator.group_index
+
+    def __post_init__(self):
+        dtype = self.logp.dtype
+        self.old_logp, self.advantages, self.token_mask = (
+            t.to(dtype) for t in (self.old_logp, self.advantages, self.token_mask))
+        self.rollout_logp, self.ref_logp = (None if t is None else t.to(dtype) for t in (self.rollout_logp, self.ref_logp))
+
+
+def log_ratio(logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """(N,) log(p / p_base) per token, clamped to +-20 (the ratios Eq. 2, IcePop and k3 exponentiate)."""
+    return (logp - base_logp).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, cfg: PolicyLossConfig) -> torch.Tensor:
+    """(N,) per-token loss l_t of the ratio rho_t = pi_theta(y_t) / pi_old(y_t) and the advantage A.
+
+    l_t = max(-A rho_t, -A clip(rho_t, 1 - eps_low, 1 + eps_high))    (Eq. 2; clip-higher: eps_high > eps_low)
+    l_t = min(l_t, -A c)  where A < 0                                  (dual clip, c = dual_clip_c; 0: off)
+    """
+    unclipped = -advantages * ratio  # Eq. 2
+    clipped = -advantages * ratio.clamp(1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)  # Eq. 2, clip-higher
+    per_token = torch.maximum(unclipped, clipped)
+    if cfg.dual_clip_c:  # dual clip: a negative advantage's loss is at most c |A|
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * cfg.dual_clip_c), per_token)
+    return per_token
 
 
 def icepop_weights(k: torch.Tensor, seq_index: torch.Tensor, cfg: IcePopConfig) -> torch.Tensor:
@@ -150,17 +231,15 @@ def icepop_weights(k: torch.Tensor, seq_index: torch.Tensor, cfg: IcePopConfig) 
     return weights.masked_fill(_in_vetoed_sequence(k, seq_index, cfg.veto), 0.0)
 
 
-def _in_vetoed_sequence(k: torch.Tensor, seq_index: torch.Tensor, veto: float) -> torch.Tensor:
-    """(N,) whether the token's sequence has any token ratio below `veto` (0 turns the veto off)."""
-    if veto <= 0 or not seq_index.numel():
-        return torch.zeros_like(k, dtype=torch.bool)
-    bad = torch.zeros(int(seq_index.max()) + 1, dtype=torch.bool, device=k.device)
-    bad[seq_index[k < veto]] = True
-    return bad[seq_index]
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """(N,) k3 estimate of KL(pi_theta || pi_ref) per token: exp(r) - r - 1, r = log pi_ref / pi_theta
+    (Schulman's k3; unbiased, never negative)."""
+    r = log_ratio(ref_logp, logp)
+    return torch.exp(r) - r - 1
 
 
 def aggregation_weights(token_mask: torch.Tensor, seq_index: torch.Tensor, denom: LossDenominator,
-                        group_ids: torch.Tensor | None = None) -> torch.Tensor:
+                        group_index: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) w_t such that the step's loss is sum_t w_t * l_t over all micro-batches and ranks.
 
     group-token-mean (Eq. 4):  w_t = m_t / (P * sum_{j in g} |o_j|)   g: the token's prompt group
@@ -169,99 +248,111 @@ def aggregation_weights(token_mask: torch.Tensor, seq_index: torch.Tensor, denom
     constant-norm (Eq. 3):     w_t = m_t / (N * L)
     m_t is the token's loss mask (its response's loss_weight); |o_i| the length of its response; the
     sums run over the responses in the loss of the whole step; P is the number of prompt groups.
+    group_index (N,): the token's group in `denom.group_tokens` (LossDenominator.group_index), on its device.
     """
     if denom.agg_mode == "group-token-mean":
-        if group_ids is None or denom.group_tokens is None:
-            raise ValueError("group-token-mean needs each token's group id and LossDenominator.build's group_tokens")
-        ids = group_ids.tolist()
-        known = [denom.group_tokens.get(g, 0.0) for g in ids]
-        if any(t == 0 and m for t, m in zip(known, token_mask.tolist())):
-            raise ValueError("a token in the loss belongs to a group that LossDenominator.build did not see")
-        group_tokens = torch.tensor(known, dtype=token_mask.dtype, device=token_mask.device).clamp(min=1.0)
+        if group_index is None or denom.group_tokens is None:
+            raise ValueError("group-token-mean needs each token's group index (LossDenominator.group_index) "
+                             "and LossDenominator.build's group_tokens")
+        if not denom.group_tokens.numel():  # no group in the step's loss, so no token (group_index checked)
+            return torch.zeros_like(token_mask)
+        group_tokens = denom.group_tokens.to(token_mask.dtype)[group_index]  # Eq. 4: sum_{j in g} |o_j|
         return token_mask / (group_tokens * denom.value)
     if denom.agg_mode == "seq-mean-token-mean":
-        response_length = torch.bincount(seq_index).to(token_mask.dtype)  # whole responses: never split across micro-batches
-        return token_mask / (response_length[seq_index] * denom.value)
-    if denom.agg_mode in ("token-mean", "constant-norm"):
+        lengths, runs = _per_response(torch.ones_like(seq_index), seq_index)  # whole responses: never split
+        return token_mask / (lengths.to(token_mask.dtype)[runs] * denom.value)
+    if denom.agg_mode in ("token-mean", "constant-norm"):  # DAPO; Eq. 3
         return token_mask / denom.value
     raise ValueError(f"unknown loss aggregation {denom.agg_mode!r}; valid: {', '.join(AGG_MODES)}")
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, rollout_logp: torch.Tensor | None,
-                advantages: torch.Tensor, token_mask: torch.Tensor, seq_index: torch.Tensor,
-                cfg: PolicyLossConfig, icepop_cfg: IcePopConfig, denom: LossDenominator, *,
-                entropy: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyLossStats]:
-    """This micro-batch's contribution to the step's loss, and its statistics. All inputs (N,).
+def policy_loss(tokens: LossInputs, cfg: PolicyLossConfig, icepop_cfg: IcePopConfig,
+                denom: LossDenominator) -> torch.Tensor:
+    """This micro-batch's contribution to the step's loss (a 0-dim tensor with gradient):
 
-    rho_t = exp(logp_t - old_logp_t)                                              (Eq. 2)
-    l_t   = max(-A rho_t, -A clip(rho_t, 1 - eps_low, 1 + eps_high))              (Eq. 2, clip-higher)
-    l_t   = min(l_t, -A c)  where A < 0                                            (dual clip, c = 3)
-    loss  = sum_t w_t [ iw_t l_t + beta k3_t - alpha H_t ]
-    with w_t the aggregation weights (`aggregation_weights`; group_ids (N,) for group-token-mean), iw_t the IcePop weights, k3_t the KL estimate
-    exp(r) - r - 1, r = ref_logp - logp (only when kl_coef > 0), H_t the entropy (entropy bonus).
+    loss = sum_t w_t [ iw_t l_t + beta k3_t - alpha H_t ]
+    l_t the clipped surrogate of rho_t = exp(logp_t - old_logp_t) (`clipped_surrogate`, Eq. 2), iw_t the
+    IcePop weights of k_t = exp(old_logp_t - rollout_logp_t) (`icepop_weights`), k3_t the KL estimate to the
+    reference (`k3_kl`, only when beta = kl_coef > 0), H_t the entropy (bonus alpha = entropy_coef) and w_t
+    the aggregation weights (`aggregation_weights`, Eq. 3, 4, DAPO).
     """
-    token_mask = token_mask.to(logp.dtype)
-    advantages = advantages.to(logp.dtype)
-    old_logp = old_logp.to(logp.dtype)
-    log_ratio = (logp - old_logp).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
-    ratio = torch.exp(log_ratio)  # Eq. 2's rho
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
-    per_token = torch.maximum(unclipped, clipped)
-    negative = advantages < 0
-    if cfg.dual_clip_c:
-        per_token = torch.where(negative, torch.minimum(per_token, -advantages * cfg.dual_clip_c), per_token)
-
-    use_icepop = icepop_cfg.mode != "off"
-    if use_icepop and rollout_logp is None:
+    if icepop_cfg.mode != "off" and tokens.rollout_logp is None:
         raise ValueError(f"icepop.mode={icepop_cfg.mode!r} needs the rollout engine's log-probs of every response "
                          "(TrainSample.rollout_logprobs); set icepop.mode=off to train without them")
-    if use_icepop:
-        gap = old_logp.detach() - rollout_logp.to(logp.dtype)
-        log_k = gap.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
-        k = torch.exp(log_k)
-        is_weights = icepop_weights(k, seq_index, icepop_cfg)
-    else:
-        is_weights = torch.ones_like(logp)
-    weights = aggregation_weights(token_mask, seq_index, denom, group_ids)
-    per_token = is_weights * per_token
-
-    kl = None
+    if cfg.kl_coef and tokens.ref_logp is None:
+        raise ValueError("loss.kl_coef > 0 needs the reference model's log-probs (PackedMicroBatch.ref_logprobs)")
+    if cfg.entropy_coef and tokens.entropy is None:
+        raise ValueError("loss.entropy_coef != 0 needs the token entropies")
+    ratio = torch.exp(log_ratio(tokens.logp, tokens.old_logp))  # Eq. 2's rho
+    per_token = clipped_surrogate(ratio, tokens.advantages, cfg)
+    if icepop_cfg.mode != "off":  # section 5.1
+        k = torch.exp(log_ratio(tokens.old_logp.detach(), tokens.rollout_logp))
+        per_token = icepop_weights(k, tokens.seq_index, icepop_cfg) * per_token
     if cfg.kl_coef:
-        if ref_logp is None:
-            raise ValueError("loss.kl_coef > 0 needs the reference model's log-probs (PackedMicroBatch.ref_logprobs)")
-        r = (ref_logp.to(logp.dtype) - logp).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
-        kl = torch.exp(r) - r - 1  # k3 estimator of KL(pi_theta || pi_ref)
-        per_token = per_token + cfg.kl_coef * kl
+        per_token = per_token + cfg.kl_coef * k3_kl(tokens.logp, tokens.ref_logp)
     if cfg.entropy_coef:
-        if entropy is None:
-            raise ValueError("loss.entropy_coef != 0 needs the token entropies")
-        per_token = per_token - cfg.entropy_coef * entropy
-    loss = (weights * per_token).sum()
+        per_token = per_token - cfg.entropy_coef * tokens.entropy
+    weights = aggregation_weights(tokens.token_mask, tokens.seq_index, denom, tokens.group_index)
+    return (weights * per_token).sum()
 
-    with torch.no_grad():
-        counted = token_mask > 0
-        positive = advantages > 0
-        stats = {
-            "loss": loss,
-            "tokens": counted.sum(),
-            "sequences": torch.unique(seq_index[counted]).numel(),
-            "clipped_low": (counted & negative & (ratio < 1 - cfg.clip_ratio_low)).sum(),
-            "clipped_high": (counted & positive & (ratio > 1 + cfg.clip_ratio_high)).sum(),
-            "clipped_dual": (counted & negative & (ratio > cfg.dual_clip_c)).sum() if cfg.dual_clip_c else 0,
-            "entropy": entropy[counted].sum() if entropy is not None else 0,
-            "ref_kl": kl[counted].sum() if kl is not None else 0,
+
+@torch.no_grad()
+def loss_stats(tokens: LossInputs, loss: torch.Tensor, cfg: PolicyLossConfig, icepop_cfg: IcePopConfig) -> PolicyLossStats:
+    """The statistics of one micro-batch whose contribution `policy_loss` gave as `loss`: sums over its
+    loss tokens, computed on their device and read with one device-to-host copy."""
+    counted = tokens.token_mask > 0
+    ratio = torch.exp(log_ratio(tokens.logp, tokens.old_logp))
+    negative = tokens.advantages < 0
+    zero = torch.zeros((), dtype=torch.float64, device=tokens.logp.device)
+
+    def total(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(counted, values, 0).sum()
+
+    sums = {
+        "loss": loss.detach(),
+        "tokens": counted.sum(),
+        "sequences": _responses_with(counted, tokens.seq_index),
+        "clipped_low": (counted & negative & (ratio < 1 - cfg.clip_ratio_low)).sum(),
+        "clipped_high": (counted & (tokens.advantages > 0) & (ratio > 1 + cfg.clip_ratio_high)).sum(),
+        "clipped_dual": (counted & negative & (ratio > cfg.dual_clip_c)).sum() if cfg.dual_clip_c else zero,
+        "entropy": total(tokens.entropy) if tokens.entropy is not None else zero,
+        "ref_kl": total(k3_kl(tokens.logp, tokens.ref_logp)) if cfg.kl_coef else zero,
+    }
+    if icepop_cfg.mode != "off":
+        log_k = log_ratio(tokens.old_logp, tokens.rollout_logp)
+        k = torch.exp(log_k)
+        vetoed = counted & _in_vetoed_sequence(k, tokens.seq_index, icepop_cfg.veto)
+        sums |= {
+            "icepop_masked": (counted & (icepop_weights(k, tokens.seq_index, icepop_cfg) == 0)).sum(),
+            "icepop_vetoed": _responses_with(vetoed, tokens.seq_index),
+            "icepop_logprob_gap": total((tokens.old_logp - tokens.rollout_logp).abs()),
+            "icepop_kl": total(k - 1 - log_k),
         }
-        if use_icepop:
-            vetoed = counted & _in_vetoed_sequence(k, seq_index, icepop_cfg.veto)
-            stats |= {
-                "icepop_masked": (counted & (is_weights == 0)).sum(),
-                "icepop_vetoed": torch.unique(seq_index[vetoed]).numel(),
-                "icepop_logprob_gap": gap.abs()[counted].sum(),
-                "icepop_kl": (k - 1 - log_k)[counted].sum(),
-            }
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=logp.device)
-                              for v in stats.values()]).tolist()  # one device-to-host copy
-    return loss, PolicyLossStats(**dict(zip(stats, values)))
+    values = torch.stack([v.to(torch.float64) for v in sums.values()]).tolist()  # the one device-to-host copy
+    return PolicyLossStats(**dict(zip(sums, values)))
 
+
+# Per-response reductions. A response's tokens are contiguous (packing lays them out so), so numbering
+# the runs of equal seq_index 0, 1, ... gives each response a slot in an (N,) buffer: no need to read
+# seq_index.max() (or torch.unique / bincount, which do) from the device.
+
+
+def _per_response(values: torch.Tensor, seq_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) the sum of `values` over each response, by run number; (N,) each token's run number)."""
+    starts = torch.ones_like(seq_index, dtype=torch.bool)
+    starts[1:] = seq_index[1:] != seq_index[:-1]
+    runs = starts.cumsum(0) - 1
+    return torch.zeros_like(values).index_add_(0, runs, values), runs
+
+
+def _in_vetoed_sequence(k: torch.Tensor, seq_index: torch.Tensor, veto: float) -> torch.Tensor:
+    """(N,) whether the token's sequence has any token ratio below `veto` (0 turns the veto off)."""
+    if veto <= 0:
+        return torch.zeros_like(k, dtype=torch.bool)
+    below, runs = _per_response((k < veto).long(), seq_index)
+    return (below > 0)[runs]
+
+
+def _responses_with(flags: torch.Tensor, seq_index: torch.Tensor) -> torch.Tensor:
+    """0-dim: how many responses have a flagged token."""
+    return (_per_response(flags.long(), seq_index)[0] > 0).sum()

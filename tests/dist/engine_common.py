@@ -40,17 +40,24 @@ def gathered_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def group_tokens(denom: LossDenominator) -> dict[int, float] | None:
+    """group-token-mean's response tokens per group_id (None for the other modes)."""
+    if denom.group_ids is None:
+        return None
+    return dict(zip(denom.group_ids.tolist(), denom.group_tokens.tolist()))
+
+
 def two_steps(engine: PolicyEngine, micro_batches, my_samples, agg_mode: str) -> list[dict]:
     """Two optimizer steps over the same micro-batches (old log-probs set by the caller stay fixed, so the
     second step runs off-policy); per step the all-reduced loss statistics, grad norm and denominator."""
     history = []
     for _ in range(2):
-        denom = LossDenominator.build(my_samples, agg_mode)
-        stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
+        denom = LossDenominator.build(my_samples, agg_mode, world=engine.world)
+        stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce(engine.world)
         step = engine.optimizer_step()
         history.append({"loss": stats.loss, "grad_norm": step.grad_norm, "masked": stats.icepop_masked,
                         "clipped": stats.clipped_low + stats.clipped_high, "tokens": stats.tokens,
-                        "denominator": denom.value, "group_tokens": denom.group_tokens})
+                        "denominator": denom.value, "group_tokens": group_tokens(denom)})
     return history
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from engine_common import random_samples, tiny_engine
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
-from golong.trainer.loss import LossDenominator, policy_loss
+from golong.trainer.loss import LossDenominator, LossInputs, policy_loss
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
 TEMPERATURE = 0.8
@@ -26,7 +26,7 @@ def full_grads(engine):
 reference = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32, attn_implementation="eager")
 engine = tiny_engine(MODEL_DIR, lr=1e-3, warmup_steps=4, temperature=TEMPERATURE)
 samples = random_samples([(5, 7, 1.0), (9, 3, -1.0), (1, 11, 0.5), (6, 4, -0.25, 0.0)], seed=0)
-denom = LossDenominator.build(samples, "token-mean")
+denom = LossDenominator.build(samples, "token-mean", world=engine.world)
 
 old_packed = engine.old_logprobs(pack(samples)).cpu()
 engine.forward_backward(pack(samples), denom)
@@ -46,8 +46,8 @@ for sample in samples:
     ref_logps.append(log_p.gather(1, torch.tensor(sample.response_ids)[:, None])[:, 0])
 mb = pack(samples)
 logp = torch.cat(ref_logps)
-loss, _ = policy_loss(logp, logp.detach(), None, mb.advantages, mb.loss_mask, mb.seq_index,
-                      PolicyLossConfig(), IcePopConfig(mode="off"), denom)
+loss = policy_loss(LossInputs(logp=logp, old_logp=logp.detach(), advantages=mb.advantages, token_mask=mb.loss_mask,
+                              seq_index=mb.seq_index), PolicyLossConfig(), IcePopConfig(mode="off"), denom)
 loss.backward()
 reference_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
 

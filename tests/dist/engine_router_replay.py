@@ -15,8 +15,9 @@ from golong.trainer.attention import PER_SEQUENCE, packed_attention_kwargs
 from golong.trainer.batch import pack
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.engine import LogProbModel, PolicyEngine
-from golong.trainer.loss import LossDenominator, policy_loss
+from golong.trainer.loss import LossDenominator, LossInputs, policy_loss
 from golong.trainer.router_replay import global_agreement, own_routes
+from golong.world import current_world
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
 
@@ -32,14 +33,15 @@ for s in samples:
     with_own.append(dataclasses.replace(s, routes=own))
     with_foreign.append(dataclasses.replace(s, routes=((own.long() + 3) % 8).to(own.dtype)))
 mb_plain, mb_own, mb_foreign = pack(samples), pack(with_own), pack(with_foreign)
-denom = LossDenominator.build(samples, "token-mean")
+denom = LossDenominator.build(samples, "token-mean", world=current_world())  # before any process group: a world of one
 
 # plain transformers replaying the foreign routes on the packed row: log-probs and the loss's gradient
 ref_logp = reference(mb_foreign.input_ids, mb_foreign.position_ids, mb_foreign.cu_seqlens, mb_foreign.max_seqlen,
                      mb_foreign.cu_segments, mb_foreign.logit_positions, mb_foreign.labels, routes=mb_foreign.routes,
                      routes_counted=mb_foreign.routes_counted)
-loss, _ = policy_loss(ref_logp, ref_logp.detach(), None, mb_foreign.advantages, mb_foreign.loss_mask,
-                      mb_foreign.seq_index, PolicyLossConfig(), IcePopConfig(mode="off"), denom)
+loss = policy_loss(LossInputs(logp=ref_logp, old_logp=ref_logp.detach(), advantages=mb_foreign.advantages,
+                              token_mask=mb_foreign.loss_mask, seq_index=mb_foreign.seq_index),
+                   PolicyLossConfig(), IcePopConfig(mode="off"), denom)
 loss.backward()
 reference_grads = {name: p.grad.clone() for name, p in reference.model.named_parameters()}
 

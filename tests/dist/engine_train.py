@@ -35,8 +35,8 @@ initial = gathered_weights(engine.module)
 
 history = []
 for _ in range(4):
-    denom = LossDenominator.build(my_samples, "token-mean")
-    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
+    denom = LossDenominator.build(my_samples, "token-mean", world=engine.world)
+    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce(engine.world)
     step = engine.optimizer_step()
     history.append({**stats.metrics(), "grad_norm": step.grad_norm, "lr": step.lr, "tokens": step.tokens,
                     "packing_efficiency": step.packing_efficiency})

@@ -70,8 +70,8 @@ for indices, mb in zip(mine, micro_batches):
 
 history, grads = [], None
 for step in range(2):  # the second step reuses the first one's old log-probs: ratios move off 1
-    denom = LossDenominator.build(counted_once(my_samples, layout), LOSS.agg_mode)
-    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce()
+    denom = LossDenominator.build(counted_once(my_samples, layout), LOSS.agg_mode, world=engine.world)
+    stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce(engine.world)
     if step == 0:
         grads = {n: safe_get_full_grad(p).detach().clone().cpu() for n, p in engine.module.named_parameters()}
     result = engine.optimizer_step()
