@@ -26,7 +26,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo train-4b train-30b bench lint dry-run clean
+.PHONY: install test test-fast selftest demo train-4b train-30b bench lint dry-run clean
 
 install:
 	@bash scripts/install.sh
@@ -38,6 +38,9 @@ test:
 test-fast:  ## the suite without the real-engine (slow) tests
 	@bash scripts/install.sh test
 	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
+
+selftest: install  ## first run on a new machine or cluster: every path golong trains with, one PASS/FAIL/SKIP line each
+	$(PYTHON) -m golong selftest $(ARGS)
 
 # Held-out evaluation of the demo's starting and trained models, sampled as the training rollouts are
 # (temperature 1.0, top-p 1.0; golong eval's default is the paper's validation setting, 0.6 and 0.95).

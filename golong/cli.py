@@ -1,4 +1,4 @@
-"""`golong` command line: train, eval, data tools, plot, export, and the CPU demo's assets.
+"""`golong` command line: train, eval, data tools, plot, export, selftest, and the CPU demo's assets.
 
 Heavy libraries (torch, vLLM, DeepSpeed) are imported only by the command that needs them, so
 `golong --help` and `golong train RECIPE --dry-run` answer at once.
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     from golong.data.cli import add_data_commands
     from golong.eval import add_eval_command
     from golong.plot import add_plot_command
+    from golong.selftest import add_selftest_command
 
     parser = argparse.ArgumentParser(prog="golong", description="GoLongRL training for long-context LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub)
     add_data_commands(sub)
     add_plot_command(sub)
+    add_selftest_command(sub)
 
     p = sub.add_parser("export", help="write an HF-format model from a run's latest checkpoint")
     p.add_argument("run_dir", help="a run folder (trainer.output_dir)")
