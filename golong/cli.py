@@ -10,19 +10,8 @@ import sys
 
 import yaml
 
-from golong.configlib import ConfigError, UsageError, reference_markdown, to_dict
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """The one error path of every command: a user's mistake (bad recipe, bad data, missing file) is one
-    line naming the fix and exit status 2; anything else is a bug and keeps its traceback."""
-    from golong.data.schema import DataError
-
-    try:
-        return args.func(args)
-    except (ConfigError, DataError, UsageError, FileNotFoundError) as e:
-        print(f"golong: error: {e}", file=sys.stderr)
-        return 2
+from golong.configlib import UsageError, reference_markdown, to_dict
+from golong.console import run_command
 
 
 def _train(args: argparse.Namespace) -> int:

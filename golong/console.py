@@ -108,3 +108,16 @@ def setup_console(log_dir: str | None, rank: int, verbose: bool = False) -> str 
     for category, message in QUIET_WARNINGS:  # now logged to the file rather than dropped
         warnings.filterwarnings("default", message=message, category=category)
     return log_file
+
+
+def run_command(args) -> int:
+    """Run a parsed command (`args.func(args)`, argparse). The one error path of every command: a user's mistake (bad recipe, bad data, missing file) is one
+    line naming the fix and exit status 2; anything else is a bug and keeps its traceback."""
+    from golong.configlib import ConfigError, UsageError
+    from golong.data.schema import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, UsageError, FileNotFoundError) as e:
+        print(f"golong: error: {e}", file=sys.stderr)
+        return 2

@@ -23,8 +23,6 @@ training and `golong data calibrate`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 from golong.data.schema import Example
@@ -123,6 +121,8 @@ def run_eval(args: argparse.Namespace) -> int:
         **eval_report(examples, scores, threshold),
         "rows_skipped_too_long": rollouts.num_filtered, "responses_truncated": num_truncated,
     }
+    from golong.data.rowio import write_json
+
     write_json(args.out, report)
     if args.samples_out:
         from golong.data.rowio import write_rows
@@ -137,17 +137,11 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m golong.eval --model PATH --data FILE ...`, the same as `golong eval ...`."""
     parser = argparse.ArgumentParser(prog="golong eval", description=__doc__.split("\n\n")[0])
     _add_eval_args(parser)
-    from golong.cli import run_command
+    from golong.console import run_command
 
     return run_command(parser.parse_args(argv))
 

@@ -324,7 +324,8 @@ def _samples(prompts, responses, logprobs=None):
             for i, (p, r) in enumerate(zip(prompts, responses))]
 
 
-def _trainer_logprobs(policy, samples) -> "torch.Tensor":
+def _trainer_logprobs(policy, samples):
+    """(T,) the trainer's log-probs of every sample's response tokens, concatenated."""
     import torch
 
     from golong.trainer.batch import pack_units

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from golong.configlib import ConfigError, build
-from golong.rollout import RolloutBatch, RolloutConfig, RolloutEngine, logprob_abs_diff
+from golong.rollout import RolloutConfig, RolloutEngine, logprob_abs_diff
 from golong.rollout.weight_sync import extra_bytes, plan_buckets
 
 # The tiny model's decoder layer: q 128x128, k and v 64x128, o 128x128, q/k norms 64 each, two
@@ -75,14 +75,6 @@ def test_logprob_abs_diff_is_the_token_mean():
     assert logprob_abs_diff(torch.zeros(0), torch.zeros(0)) == 0.0
     with pytest.raises(ValueError, match="equal length"):
         logprob_abs_diff(trainer, rollout[:3])
-
-
-def test_batch_token_counts():
-    batch = RolloutBatch(prompt_index=[0, 0, 1, 1], response_ids=[[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]],
-                         logprobs=[[0.0] * 3, [0.0], [0.0] * 2, [0.0] * 4],
-                         finish_reasons=["stop", "stop", "length", "stop"], truncated=[False, False, True, False],
-                         num_filtered=1, filtered_index=[2], seconds=2.0)
-    assert batch.num_tokens == 10 and batch.tokens_per_second == 5.0
 
 
 @pytest.mark.parametrize("key, value", [("tensor_parallel_size", 0), ("gpu_memory_utilization", 1.5),

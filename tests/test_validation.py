@@ -191,7 +191,7 @@ def test_a_fresh_run_starts_a_fresh_metrics_file_and_a_resumed_one_keeps_step_0(
 
 def test_validation_rows_are_templated_and_filtered_as_training_rows(tiny_model_path, val_file, tmp_path):
     from golong.model_check import load_tokenizer
-    from golong.trainer.loop import read_prompt_set
+    from golong.data.prompt_set import read_prompt_set
 
     long_row = {"id": "long", "task": "T6", "context": "word " * 400, "question": "q?", "answer": ["a"]}
     with open(val_file, "a") as f:

@@ -8,13 +8,10 @@ inside `validate`, never at module import, so `golong --help` stays instant.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from golong.configlib import invalid, option
-
-IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:ClassName
 
 
 @dataclass
@@ -25,6 +22,8 @@ class AdvantageConfig:
     def validate(self) -> None:
         if not self.name:
             raise invalid("name", "is empty", "name a registered estimator such as grpo or tmn_reweight")
+        from golong.advantage.registry import IMPORT_PATH
+
         if ":" in self.name and not IMPORT_PATH.match(self.name):
             raise invalid("name", f"{self.name!r} is not an import path of the form package.module:ClassName",
                           "write e.g. my_lab.advantages:LeaveOneOut")

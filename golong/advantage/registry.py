@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 
 from golong.advantage.base import AdvantageEstimator
-from golong.advantage.config import IMPORT_PATH
 from golong.configlib import ConfigError
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:ClassName
 
 _ESTIMATORS: dict[str, type[AdvantageEstimator]] = {}
 

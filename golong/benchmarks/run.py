@@ -240,7 +240,7 @@ def judge_options(args: argparse.Namespace) -> JudgeOptions:
 def run_benchmarks(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from golong.eval import write_json
+    from golong.data.rowio import write_json
     from golong.rollout.collect import collect_for_examples
     from golong.rollout.options import configs_from_args
     from golong.world import init_world

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m golong.data.cli validate FILE ...`: the same commands without the `golong data` prefix."""
     parser = argparse.ArgumentParser(prog="golong data", description=__doc__.split("\n\n")[0])
     _add_commands(parser.add_subparsers(dest="data_command", required=True))
-    from golong.cli import run_command
+    from golong.console import run_command
 
     return run_command(parser.parse_args(argv))
 

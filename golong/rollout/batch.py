@@ -1,4 +1,4 @@
-"""What one round of generation hands the trainer: token ids, log-probs, finish reasons, statistics."""
+"""What one round of generation hands the trainer: token ids, log-probs, truncation flags, statistics."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,20 +18,10 @@ class RolloutBatch:
     prompt_index: list[int]  # (R,) index into the prompts passed to generate
     response_ids: list[list[int]]  # (R, L_r) sampled token ids; a final EOS stays in
     logprobs: list[list[float]]  # (R, L_r) each sampled token's log-prob under softmax(logits / T), top-p renormalised
-    finish_reasons: list[str]  # (R,) "stop" (EOS or stop token) or "length"
     truncated: list[bool]  # (R,) stopped by max_tokens, not by EOS
     num_filtered: int  # prompts left out because prompt + max_tokens > max_model_len
-    filtered_index: list[int]  # (num_filtered,) their indices into the prompts
     seconds: float  # wall time of the engine call
     routes: list[np.ndarray] | None = None  # (R,) each (P+R_r-1, L, k) MoE experts per token (router replay), or None
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(ids) for ids in self.response_ids)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def logprob_abs_diff(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor) -> float:

@@ -213,22 +213,20 @@ class RolloutEngine:
                                     [params[i] for i in kept], use_tqdm=False) if kept else []
         seconds = time.perf_counter() - start
 
-        prompt_index, response_ids, logprobs, finish_reasons = [], [], [], []
+        prompt_index, response_ids, logprobs, truncated = [], [], [], []
         for index, output in zip(kept, outputs):  # vLLM returns requests in input order
             for completion in sorted(output.outputs, key=lambda c: c.index):
                 prompt_index.append(index)
                 response_ids.append(list(completion.token_ids))
                 logprobs.append(list(completion.logprobs.logprobs))  # logprobs=0: one entry per token
-                finish_reasons.append(completion.finish_reason)
+                truncated.append(completion.finish_reason == "length")  # not "stop" (EOS or a stop token)
         return RolloutBatch(
             routes=self.routes.collect(self.llm, outputs),  # router replay: (P+R-1, L, k) per response, or None
             prompt_index=prompt_index,
             response_ids=response_ids,
             logprobs=logprobs,
-            finish_reasons=finish_reasons,
-            truncated=[reason == "length" for reason in finish_reasons],
+            truncated=truncated,
             num_filtered=len(filtered),
-            filtered_index=filtered,
             seconds=seconds,
         )
 

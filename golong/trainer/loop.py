@@ -38,10 +38,8 @@ from golong import advantage as advantage_lib
 from golong.config import Config
 from golong.console import setup_console
 from golong.configlib import ConfigError, to_dict
-from golong.data.loader import load_examples
-from golong.data.prompts import PromptIds, encode_prompts, filter_long_prompts
+from golong.data.prompt_set import PromptSet, read_prompt_set
 from golong.data.sampler import PromptSampler
-from golong.data.schema import Example
 from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
@@ -58,17 +56,6 @@ from golong.trainer.validate import Validator
 from golong.world import World, init_world
 
 logger = logging.getLogger("golong")
-
-
-@dataclass
-class PromptSet:
-    """The training prompts, loaded, templated and length-filtered once before the first step."""
-
-    examples: list[Example]
-    prompts: PromptIds  # prompts[i] are the token ids of examples[i]
-    tasks: list[str]  # the task names present, sorted; a response's task id indexes this list
-    num_dropped_long: int  # longer than data.max_prompt_length
-    num_bad_rows: int  # skipped by data.on_bad_row=skip
 
 
 @dataclass
@@ -157,7 +144,6 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
         "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)
         "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
         **replay_metrics,
-        "sync/seconds": sync.seconds,
         "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
     }
 
@@ -272,20 +258,6 @@ def count_skipped(cfg: Config, world: World, step: int, step_metrics: dict[str, 
                               "last good weights. Fix: look for the cause (learning rate, data, rollout/trainer "
                               "mismatch) before resuming, or raise trainer.max_skipped_steps")
     return in_a_row
-
-
-def read_prompt_set(files: list[str], data_cfg, tokenizer, world: World, what: str = "data") -> PromptSet:
-    """Load and check every row of `files`, template and tokenize the prompts, drop the overlong ones: the
-    training prompts (load_prompt_set) and the validation prompts (golong/trainer/validate.py) alike."""
-    loaded = load_examples(files, data_cfg)
-    prompts = encode_prompts(loaded.examples, tokenizer, data_cfg)
-    kept = filter_long_prompts(loaded.examples, prompts, data_cfg.max_prompt_length)
-    if world.is_main:
-        logger.info("%s: %d prompts (%s); %d longer than data.max_prompt_length=%d dropped; %d bad rows skipped",
-                    what, len(kept.examples), loaded.task_counts(), kept.num_dropped, data_cfg.max_prompt_length,
-                    loaded.num_bad_rows_skipped)
-    return PromptSet(examples=kept.examples, prompts=kept.prompts, tasks=sorted({e.task for e in kept.examples}),
-                     num_dropped_long=kept.num_dropped, num_bad_rows=loaded.num_bad_rows_skipped)
 
 
 def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:

@@ -6,7 +6,7 @@ step and after every step that is a multiple of val_every, and the scores join t
     validator.begin(run, checkpointer, metrics, step)       # a fresh run validates its initial policy: step 0
     metrics.log(step, {..., **validator.after_step(step)})  # step % val_every == 0: the val/ metrics, else {}
 
-The rows are templated, tokenized and length-filtered as the training prompts (loop.read_prompt_set; the
+The rows are templated, tokenized and length-filtered as the training prompts (golong/data/prompt_set.py; the
 data.max_rows subset is for training only), then generated and scored by a second RolloutCollector that
 shares the run's engine and reward pool: the path of training rollouts and `golong eval`. Under torchrun
 every rank takes part (the collector splits the rows over the engines and gathers every response), every
@@ -44,7 +44,8 @@ from golong.trainer.checkpoint import BEST_DIR, RUN_STATE_FILE, Checkpointer, Ru
 
 if TYPE_CHECKING:
     from golong.config import Config
-    from golong.trainer.loop import PromptSet, Run
+    from golong.data.prompt_set import PromptSet
+    from golong.trainer.loop import Run
     from golong.trainer.metrics import MetricsLogger
     from golong.world import World
 
@@ -140,7 +141,7 @@ class Validator:
         tasks: before any engine starts."""
         if not cfg.trainer.val_every:
             return cls(cfg, world, None)
-        from golong.trainer.loop import read_prompt_set  # the loop imports this module
+        from golong.data.prompt_set import read_prompt_set
 
         data = read_prompt_set(cfg.data.val_files, replace(cfg.data, max_rows=0), tokenizer, world,
                                "validation data")
