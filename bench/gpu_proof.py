@@ -276,23 +276,25 @@ def section_logprobs(rec: Recorder, tiny: bool) -> None:
 
 
 def packed_row(lengths: list[int], response: int, vocab: int, seed: int):
-    """TrainSamples (prompt, response of `response` tokens) and their packed micro-batch."""
+    """Single-response Groups (prompt, response of `response` tokens) and their packed micro-batch (one
+    `prompt + response` sequence each)."""
     import torch
 
-    from golong.trainer.batch import TrainSample, pack
+    from golong.trainer.batch import Group, pack_groups
 
     g = torch.Generator().manual_seed(seed)
     samples = []
     for total in lengths:
         r = min(response, total - 1)
-        ids = torch.randint(0, vocab, (total,), generator=g).tolist()
-        samples.append(TrainSample(prompt_ids=ids[: total - r], response_ids=ids[total - r:], advantage=1.0))
-    return samples, pack(samples)
+        ids = torch.randint(0, vocab, (total,), generator=g).numpy()
+        samples.append(Group(prompt_ids=ids[: total - r], response_ids=[ids[total - r:]], advantages=1.0))
+    return samples, pack_groups(samples)
 
 
 def section_attention(rec: Recorder, tiny: bool) -> None:
     import importlib
 
+    import numpy as np
     import torch
     from transformers import Qwen3ForCausalLM
 
@@ -344,9 +346,9 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
         start = time.perf_counter()
         out = []
         for s in samples:
-            ids = torch.tensor([s.prompt_ids + s.response_ids], device=dev)
+            ids = torch.from_numpy(np.concatenate([s.prompt_ids, s.response_ids[0]]).astype(np.int64))[None].to(dev)
             hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]
-            positions = torch.arange(len(s.response_ids), device=dev) + len(s.prompt_ids) - 1
+            positions = torch.arange(len(s.response_ids[0]), device=dev) + len(s.prompt_ids) - 1
             out.append(token_logprobs(hidden[positions], head, ids[0, positions + 1]))
         sync(dev)
         return torch.cat(out).float(), time.perf_counter() - start
@@ -373,11 +375,11 @@ def section_attention(rec: Recorder, tiny: bool) -> None:
     # and to itself. CUDA: golong's flex_attention block mask (attention.FLEX_PROMPT_ONCE); --tiny on CPU:
     # the exact SDPA path (PER_SEQUENCE). Compared with each prompt + response run alone (error), and
     # timed against the replicated packing that runs the prompt once per response.
-    from golong.trainer.batch import pack, pack_units
+    from golong.trainer.batch import pack_groups
 
     prompt_len, group, response = shape("prompt_once_group", tiny)
     grouped = group_samples(prompt_len, group, response, config.vocab_size, seed=3)
-    unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
+    unit, replicated = pack_groups([grouped]).to(dev), pack_groups(grouped.split()).to(dev)
     once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
 
     try:
@@ -411,7 +413,7 @@ def section_prompt_once_grad(rec: Recorder, tiny: bool) -> None:
 
     from golong.trainer import attention as attn
     from golong.trainer.attention import packed_attention_kwargs
-    from golong.trainer.batch import pack, pack_units
+    from golong.trainer.batch import pack_groups
     from golong.trainer.logprobs import token_logprobs
 
     dev = device(tiny)
@@ -423,7 +425,7 @@ def section_prompt_once_grad(rec: Recorder, tiny: bool) -> None:
     prompt_len, group, response = shape("grad_group", tiny)
     grouped = group_samples(prompt_len, group, response, config.vocab_size, seed=5)
     g = torch.Generator().manual_seed(5)
-    unit, replicated = pack_units([grouped]).to(dev), pack(grouped).to(dev)
+    unit, replicated = pack_groups([grouped]).to(dev), pack_groups(grouped.split()).to(dev)
     weights = torch.randn(unit.labels.numel(), generator=g).to(dev)  # a fixed per-token loss weight
     once_name = attn.FLEX_PROMPT_ONCE if dev.type == "cuda" else attn.PER_SEQUENCE
     rec.put("setup", {"device": str(dev), "dtype": "float32", "layers": 2, "vocab": config.vocab_size,
@@ -498,10 +500,11 @@ def policy_engine(model_dir: str, tiny: bool, checkpointing: bool = True, share_
 
 
 def samples_for(total_tokens: int, sequences: int, vocab: int, seed: int, response: int | None = None):
-    """`sequences` prompt+response samples of `total_tokens` tokens together (a quarter of each is response)."""
+    """`sequences` prompt+response samples (single-response Groups) of `total_tokens` tokens together (a
+    quarter of each is response)."""
     import torch
 
-    from golong.trainer.batch import TrainSample
+    from golong.trainer.batch import Group
 
     g = torch.Generator().manual_seed(seed)
     each = total_tokens // sequences
@@ -509,26 +512,20 @@ def samples_for(total_tokens: int, sequences: int, vocab: int, seed: int, respon
     out = []
     for n in lengths:
         r = min(response or max(n // 4, 1), n - 1)
-        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
-        out.append(TrainSample(prompt_ids=ids[: n - r], response_ids=ids[n - r:],
-                               advantage=float(torch.randn(1, generator=g)), rollout_logprobs=None))
+        ids = torch.randint(0, vocab, (n,), generator=g).numpy()
+        out.append(Group(prompt_ids=ids[: n - r], response_ids=[ids[n - r:]],
+                         advantages=float(torch.randn(1, generator=g)), rollout_logprobs=None))
     return out
 
 
-def train_once(engine, samples, units: bool = False) -> dict:
-    """One optimizer step on one packed micro-batch; wall time measured around forward/backward + step.
-    units=True packs the samples as prompt-once units (one per group_id), else one prompt+response each."""
-    from golong.trainer.batch import pack, pack_units
+def train_once(engine, groups, units: bool = False) -> dict:
+    """One optimizer step on one packed micro-batch of `groups`; wall time measured around forward/backward +
+    step. units=True packs each group as one prompt-once unit, else one prompt+response sequence per response."""
+    from golong.trainer.batch import pack_groups
     from golong.trainer.loss import LossDenominator
 
-    if units:
-        groups: dict = {}
-        for s in samples:
-            groups.setdefault(s.group_id, []).append(s)
-        mb = pack_units(list(groups.values()))
-    else:
-        mb = pack(samples)
-    denom = LossDenominator.build(samples, "token-mean", world=engine.world)
+    mb = pack_groups(groups if units else [one for g in groups for one in g.split()])
+    denom = LossDenominator.build(groups, "token-mean", world=engine.world)
     sync(engine.device)
     start = time.perf_counter()
     stats = engine.forward_backward(mb, denom)
@@ -541,16 +538,18 @@ def train_once(engine, samples, units: bool = False) -> dict:
 
 
 def group_samples(prompt_tokens: int, responses: int, response_tokens: int, vocab: int, seed: int):
-    """One prompt and its `responses` responses (one group), as TrainSamples."""
+    """One prompt and its `responses` responses: one Group."""
     import torch
 
-    from golong.trainer.batch import TrainSample
+    from golong.trainer.batch import Group
 
     g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, vocab, (prompt_tokens,), generator=g).tolist()
-    return [TrainSample(prompt_ids=prompt, group_id=0, advantage=float(torch.randn(1, generator=g)),
-                        response_ids=torch.randint(0, vocab, (response_tokens,), generator=g).tolist())
-            for _ in range(responses)]
+    prompt = torch.randint(0, vocab, (prompt_tokens,), generator=g).numpy()
+    advantages, response_ids = [], []
+    for _ in range(responses):  # the draws in the order the per-response version made them
+        advantages.append(float(torch.randn(1, generator=g)))
+        response_ids.append(torch.randint(0, vocab, (response_tokens,), generator=g).numpy())
+    return Group(prompt_ids=prompt, response_ids=response_ids, advantages=advantages, group_id=0)
 
 
 def parameter_count(module) -> int:
@@ -587,8 +586,8 @@ def section_train_step(rec: Recorder, tiny: bool, model_dir: str) -> None:
     # One group (a long prompt, G responses): the prompt once in one unit vs once per response.
     prompt_tokens, responses, response_tokens = shape("train_group", tiny)
     group = group_samples(prompt_tokens, responses, response_tokens, vocab, seed=7)
-    once = train_once(engine, group, units=True)
-    replicated = train_once(engine, group, units=False)
+    once = train_once(engine, [group], units=True)
+    replicated = train_once(engine, [group], units=False)
     rec.put("prompt_once_step", {"prompt_tokens": prompt_tokens, "responses": responses,
                                  "response_tokens": response_tokens, "once": once, "replicated": replicated,
                                  "tokens_ratio": round(replicated["tokens"] / once["tokens"], 2),

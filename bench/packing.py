@@ -5,7 +5,7 @@ paper's 0.1K-160K prompts, Table 12, scaled down 10x), the last quarter of each 
 response. One step = forward + backward of sum(response log-probs) over all micro-batches
 (the optimizer step is the same for both and left out).
 
-- packed: `plan_micro_batches` with a 16,384-token budget, `pack`, exact per-sequence attention
+- packed: `plan_micro_batches` with a 16,384-token budget, `pack_groups`, exact per-sequence attention
   (`golong_per_sequence`, the CPU path of the engine), LM head on response tokens only.
 - padded: the common alternative, a fixed number of sequences per micro-batch in arrival order,
   right-padded to the longest; causal SDPA over the padded rows (right padding needs no mask).
@@ -24,19 +24,20 @@ from transformers import AutoModelForCausalLM
 
 from golong.tiny_model import build_tiny_model
 from golong.trainer.attention import PER_SEQUENCE, packed_attention_kwargs
-from golong.trainer.batch import TrainSample, pack
+from golong.trainer.batch import Group, pack_groups
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.packing import plan_micro_batches
 
 
-def long_tailed_batch(n: int, low: int, high: int, seed: int, vocab: int) -> list[TrainSample]:
+def long_tailed_batch(n: int, low: int, high: int, seed: int, vocab: int) -> list[Group]:
+    """`n` prompt + response sequences (single-response Groups)."""
     rng = random.Random(seed)
     samples = []
     for _ in range(n):
         length = int(low * (high / low) ** rng.random())
         response = max(1, length // 4)
         ids = [rng.randrange(vocab) for _ in range(length)]
-        samples.append(TrainSample(ids[:length - response], ids[length - response:], advantage=1.0))
+        samples.append(Group(prompt_ids=ids[:length - response], response_ids=[ids[length - response:]], advantages=1.0))
     return samples
 
 
@@ -46,7 +47,7 @@ def packed_step(model, samples, max_tokens) -> tuple[float, int]:
     computed = 0
     start = time.perf_counter()
     for indices in plan:
-        mb = pack([samples[i] for i in indices])
+        mb = pack_groups([samples[i] for i in indices])
         hidden = model.model(mb.input_ids, position_ids=mb.position_ids,
                              **packed_attention_kwargs(mb.cu_seqlens, mb.max_seqlen)).last_hidden_state[0]
         token_logprobs(hidden[mb.logit_positions], model.lm_head.weight, mb.labels).sum().backward()
@@ -63,10 +64,11 @@ def padded_step(model, samples, per_micro_batch) -> tuple[float, int]:
         rows = torch.zeros(len(group), width, dtype=torch.long)  # right padding: causal rows never see it
         positions, labels = [], []
         for r, s in enumerate(group):
-            ids = s.prompt_ids + s.response_ids
+            prompt, response = s.prompt_ids.tolist(), s.response_ids[0].tolist()
+            ids = prompt + response
             rows[r, :len(ids)] = torch.tensor(ids)
-            positions += [(r, len(s.prompt_ids) - 1 + t) for t in range(len(s.response_ids))]
-            labels += s.response_ids
+            positions += [(r, len(prompt) - 1 + t) for t in range(len(response))]
+            labels += response
         hidden = model.model(rows).last_hidden_state
         index = torch.tensor(positions)
         token_logprobs(hidden[index[:, 0], index[:, 1]], model.lm_head.weight, torch.tensor(labels)).sum().backward()

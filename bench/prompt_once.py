@@ -27,28 +27,32 @@ from transformers import AutoModelForCausalLM
 
 from golong.tiny_model import build_tiny_model
 from golong.trainer.attention import PER_SEQUENCE
-from golong.trainer.batch import TrainSample, pack_units, unit_num_tokens
+from golong.trainer.batch import Group, pack_groups
 from golong.trainer.engine import LogProbModel
 from golong.trainer.packing import plan_micro_batches, plan_units
 
 
 def long_tailed_groups(prompts: int, group: int, prompt_range, response_range, seed: int, vocab: int):
     rng = random.Random(seed)
-    samples = []
+    groups = []
     for g in range(prompts):
         length = int(prompt_range[0] * (prompt_range[1] / prompt_range[0]) ** rng.random())
         prompt = [rng.randrange(vocab) for _ in range(length)]
+        responses, advantages = [], []
         for _ in range(group):
-            response = [rng.randrange(vocab) for _ in range(rng.randint(*response_range))]
-            samples.append(TrainSample(prompt, response, advantage=rng.choice([-1.0, 1.0]), group_id=g))
-    return samples
+            responses.append([rng.randrange(vocab) for _ in range(rng.randint(*response_range))])
+            advantages.append(rng.choice([-1.0, 1.0]))
+        groups.append(Group(prompt_ids=prompt, response_ids=responses, advantages=advantages, group_id=g))
+    return groups
 
 
-def run_mode(model: LogProbModel, samples, max_tokens: int, share_prompt: bool) -> dict:
-    units = plan_units(samples, max_tokens, share_prompt)
-    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, 1)[0]
-    mbs = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan]
-    order = [i for mb in plan for u in mb for i in units[u]]
+def run_mode(model: LogProbModel, groups: list[Group], max_tokens: int, share_prompt: bool) -> dict:
+    units = plan_units(groups, max_tokens, share_prompt)
+    plan = plan_micro_batches([u.num_tokens for u in units], max_tokens, 1)[0]
+    mbs = [pack_groups([units[u] for u in mb]) for mb in plan]
+    # each response as (group_id, position in its group), in row order
+    order = [(units[u].group_id, int(i)) for mb in plan for u in mb for i in units[u].response_index]
+    lengths = {(g.group_id, i): len(r) for g in groups for i, r in enumerate(g.response_ids)}
     inputs = [(mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, mb.cu_segments, mb.logit_positions,
                mb.labels) for mb in mbs]
     tokens = sum(mb.num_tokens for mb in mbs)
@@ -66,12 +70,12 @@ def run_mode(model: LogProbModel, samples, max_tokens: int, share_prompt: bool) 
         (logp * mb.advantages).sum().backward()
         logps.append(logp.detach())
     update_s = time.perf_counter() - start
-    # per-response log-probs in sample order, to compare the modes
+    # per-response log-probs by (group, position), to compare the modes
     per_sample, offset = {}, 0
     flat = torch.cat(logps)
-    for i in order:
-        n = len(samples[i].response_ids)
-        per_sample[i] = flat[offset:offset + n]
+    for key in order:
+        n = lengths[key]
+        per_sample[key] = flat[offset:offset + n]
         offset += n
     return {"tokens": tokens * (1 if share_prompt else 2), "update_tokens": tokens, "old_s": old_s,
             "update_s": update_s, "seconds": old_s + update_s, "micro_batches": len(mbs),
@@ -93,19 +97,20 @@ def main():
     path = build_tiny_model(tempfile.mkdtemp(prefix="golong-bench-"))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=PER_SEQUENCE)
     model = LogProbModel(hf, temperature=1.0, chunk_size=1024)
-    samples = long_tailed_groups(args.prompts, args.group, (args.min_prompt, args.max_prompt),
-                                 (args.min_response, args.max_response), args.seed, hf.config.vocab_size)
-    prompt_tokens = sum(len(s.prompt_ids) for s in samples) // args.group
-    response_tokens = sum(len(s.response_ids) for s in samples)
+    groups = long_tailed_groups(args.prompts, args.group, (args.min_prompt, args.max_prompt),
+                                (args.min_response, args.max_response), args.seed, hf.config.vocab_size)
+    prompt_tokens = sum(len(g.prompt_ids) for g in groups)
+    response_tokens = sum(int(g.response_lengths.sum()) for g in groups)
     print(f"batch: {args.prompts} prompts ({prompt_tokens} tokens, {args.min_prompt}-{args.max_prompt} log-uniform) "
           f"x {args.group} responses ({response_tokens} tokens, {args.min_response}-{args.max_response}); "
           f"budget {args.max_tokens} tokens/micro-batch; {torch.get_num_threads()} threads")
-    run_mode(model, samples[:args.group], args.max_tokens, True)  # warm-up
+    run_mode(model, groups[:1], args.max_tokens, True)  # warm-up
     model.zero_grad()
-    off = run_mode(model, samples, args.max_tokens, share_prompt=False)
+    off = run_mode(model, groups, args.max_tokens, share_prompt=False)
     model.zero_grad()
-    on = run_mode(model, samples, args.max_tokens, share_prompt=True)
-    diff = max((on["logp"][i] - off["logp"][i]).abs().max().item() for i in range(len(samples)))
+    on = run_mode(model, groups, args.max_tokens, share_prompt=True)
+    assert on["logp"].keys() == off["logp"].keys()
+    diff = max((on["logp"][k] - off["logp"][k]).abs().max().item() for k in on["logp"] if len(on["logp"][k]))
     print(f"{'mode':<22}{'tokens':>10}{'prompt passes':>15}{'micro-batches':>15}{'old-logp s':>12}{'update s':>10}{'total s':>10}")
     for name, r in (("share_prompt off", off), ("share_prompt on", on)):
         print(f"{name:<22}{r['tokens']:>10}{r['prompt_passes']:>15}{r['micro_batches']:>15}"

@@ -91,20 +91,20 @@ class PhaseMemory:
 def worker(model_dir: str, tokens: int, sp: int, out: str, explain: int = 0) -> None:
     import torch
 
-    from golong.trainer.batch import TrainSample, pack
+    from golong.trainer.batch import Group, pack_groups
     from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
     from golong.trainer.engine import PolicyEngine
     from golong.trainer.loss import LossDenominator
-    from golong.trainer.sequence_parallel import counted_once
 
     engine = PolicyEngine(ModelConfig(path=model_dir), TrainerConfig(sequence_parallel_size=sp, warmup_steps=0),
                           PolicyLossConfig(), IcePopConfig(mode="off"), temperature=1.0)
     g = torch.Generator().manual_seed(0)
     response = 512
-    sample = TrainSample(torch.randint(0, 200, (tokens - response,), generator=g).tolist(),
-                         torch.randint(0, 200, (response,), generator=g).tolist(), advantage=1.0)
-    mb = pack([sample])
-    denom = LossDenominator.build(counted_once([sample], engine.sp), "token-mean", world=engine.world)
+    sample = Group(prompt_ids=torch.randint(0, 200, (tokens - response,), generator=g).numpy(),
+                   response_ids=[torch.randint(0, 200, (response,), generator=g).numpy()], advantages=1.0)
+    mb = pack_groups([sample])
+    # [SP] the group's one sequence counted once, on its first rank
+    denom = LossDenominator.build([sample] if engine.sp.counts_once else [], "token-mean", world=engine.world)
     engine.forward_backward(mb, denom)  # warm-up: AdamW's state is allocated by the first step
     engine.optimizer_step()
     if explain:

@@ -314,23 +314,20 @@ def kernels_worker(workdir: str) -> None:
 # engine -----------------------------------------------------------------------------------------
 
 
-def _samples(prompts, responses, logprobs=None):
-    import torch
+def _samples(prompts, responses):
+    """One Group per (prompt, response), advantage 1."""
+    from golong.trainer.batch import Group
 
-    from golong.trainer.batch import TrainSample
-
-    return [TrainSample(list(p), list(r), 1.0, rollout_logprobs=None if logprobs is None else
-                        torch.tensor(logprobs[i], dtype=torch.float32))
-            for i, (p, r) in enumerate(zip(prompts, responses))]
+    return [Group(prompt_ids=p, response_ids=[r], advantages=[1.0]) for p, r in zip(prompts, responses)]
 
 
 def _trainer_logprobs(policy, samples):
     """(T,) the trainer's log-probs of every sample's response tokens, concatenated."""
     import torch
 
-    from golong.trainer.batch import pack_units
+    from golong.trainer.batch import pack_groups
 
-    return torch.cat([policy.old_logprobs(pack_units([[s]])).float().cpu() for s in samples])
+    return torch.cat([policy.old_logprobs(pack_groups([s])).float().cpu() for s in samples])
 
 
 def _load_reference(model_dir: str):
@@ -381,7 +378,7 @@ def engine_worker(workdir: str) -> None:
     quiet_imports()
     from golong.rollout import RolloutConfig, RolloutEngine, logprob_abs_diff
     from golong.rollout.engine import request_seeds
-    from golong.trainer.batch import pack_units
+    from golong.trainer.batch import pack_groups
     from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
     from golong.trainer.engine import PolicyEngine
     from golong.trainer.loss import LossDenominator
@@ -419,7 +416,7 @@ def engine_worker(workdir: str) -> None:
         for _ in range(6):
             denom = LossDenominator.build(teach, "token-mean", world=policy.world)
             for sample in teach:
-                policy.forward_backward(pack_units([[sample]]), denom)
+                policy.forward_backward(pack_groups([sample]), denom)
             policy.optimizer_step()
 
     try:
@@ -482,11 +479,11 @@ def _sp_step(model_dir: str, sp: int) -> tuple[float, float]:
     (the step's loss, the global gradient norm)."""
     import torch
 
-    from golong.trainer.batch import TrainSample, pack_units
+    from golong.trainer.batch import Group
     from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
     from golong.trainer.engine import PolicyEngine
     from golong.trainer.loss import LossDenominator, PolicyLossStats
-    from golong.trainer.sequence_parallel import counted_once
+    from golong.trainer.packing import plan_step
 
     policy = PolicyEngine(ModelConfig(path=model_dir, dtype="float32", gradient_checkpointing=False),
                           TrainerConfig(lr=1e-3, warmup_steps=0, sequence_parallel_size=sp),
@@ -497,17 +494,16 @@ def _sp_step(model_dir: str, sp: int) -> tuple[float, float]:
     def ids(n):
         return torch.randint(10, 200, (n,), generator=g).tolist()
 
-    shared = ids(13)  # one prompt-once unit: a prompt and two responses
-    units = [[TrainSample(ids(9), ids(14), 1.0)], [TrainSample(shared, ids(5), -0.5), TrainSample(shared, ids(8), 1.5)],
-             [TrainSample(ids(4), ids(11), -1.0)], [TrainSample(ids(6), ids(6), 0.5)]]
-    global_mbs = [units[0:2], units[2:4]]  # two micro-batches of the global batch
-    layout = policy.sp
-    mine = global_mbs[layout.dp_rank::layout.dp_size]  # dp groups take micro-batches in turn
-    my_samples = [s for mb in mine for unit in mb for s in unit]
-    denom = LossDenominator.build(counted_once(my_samples, layout), "token-mean", world=policy.world)
+    groups = [Group(prompt_ids=ids(9), response_ids=[ids(14)], advantages=[1.0], group_id=0),
+              Group(prompt_ids=ids(13), response_ids=[ids(5), ids(8)], advantages=[-0.5, 1.5], group_id=1),
+              Group(prompt_ids=ids(4), response_ids=[ids(11)], advantages=[-1.0], group_id=2),
+              Group(prompt_ids=ids(6), response_ids=[ids(6)], advantages=[0.5], group_id=3)]
+    # the global batch planned as a step plans it, with a budget of 2 units' tokens per row
+    batch = plan_step(groups, policy.sp, policy.world.size, max_tokens_per_rank=48 // sp, share_prompt=True)
+    denom = LossDenominator.build(batch.counted, "token-mean", world=policy.world)
     stats = PolicyLossStats()
-    for mb in mine:
-        stats = stats + policy.forward_backward(pack_units(mb), denom)
+    for mb in batch.micro_batches:
+        stats = stats + policy.forward_backward(mb, denom)
     step = policy.optimizer_step()
     loss = stats.all_reduce(policy.world).loss
     policy.close()

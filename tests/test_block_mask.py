@@ -14,7 +14,7 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 from golong.trainer.attention import (_compiled_flex_attention, per_sequence_attention, prompt_once_block_mask,
                                       prompt_once_mask_mod, segment_ids)
-from golong.trainer.batch import pack, pack_units
+from golong.trainer.batch import pack_groups
 from test_prompt_once import group
 
 
@@ -30,8 +30,8 @@ def random_layout(seed: int, units: int, max_prompt: int, max_responses: int, ma
     return torch.tensor(cu, dtype=torch.int32), torch.tensor(segments, dtype=torch.int32)
 
 
-def _packed(units, share_prompt=True):
-    mb = pack_units([u for u in units]) if share_prompt else pack([s for u in units for s in u])
+def _packed(groups, share_prompt=True):
+    mb = pack_groups(groups if share_prompt else [unit for g in groups for unit in g.split()])
     return mb.cu_seqlens, mb.cu_segments
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from golong.trainer.batch import TrainSample, pack_units
+from golong.trainer.batch import Group, pack_groups
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.trainer.loss import (AGG_MODES, LossDenominator, LossInputs, PolicyLossStats, aggregation_weights,
                                  clipped_surrogate, icepop_weights, k3_kl, log_ratio, loss_stats, policy_loss,
@@ -77,13 +77,20 @@ def test_aggregation_modes_by_hand():
 
 
 def test_loss_denominator_counts_the_step():
-    samples = [TrainSample([1], [2, 3, 4], 1.0), TrainSample([1, 2], [3], -1.0),
-               TrainSample([1], [2, 2], 0.5, loss_weight=0.0),  # overlong-masked: counts nowhere
-               TrainSample([1], [], 0.0)]  # empty response: nothing to count
+    samples = [Group(prompt_ids=[1], response_ids=[[2, 3, 4]], advantages=1.0),
+               Group(prompt_ids=[1, 2], response_ids=[[3]], advantages=-1.0),
+               Group(prompt_ids=[1], response_ids=[[2, 2]], advantages=0.5, loss_weights=0.0),  # overlong-masked: counts nowhere
+               Group(prompt_ids=[1], response_ids=[[]], advantages=0.0)]  # empty response: nothing to count
     assert LossDenominator.build(samples, "token-mean", world=ONE).value == 4
     assert LossDenominator.build(samples, "seq-mean-token-mean", world=ONE).value == 2
     assert LossDenominator.build(samples, "constant-norm", constant_norm_length=16, world=ONE).value == 32
     assert LossDenominator.build([], "token-mean", world=ONE).value == 1  # nothing to learn: loss 0, not 0/0
+    # the same responses in one prompt-once unit count the same (per response: weight != 0 and a token)
+    unit = Group(prompt_ids=[1], response_ids=[[2, 3, 4], [3], [2, 2], []], advantages=[1.0, -1.0, 0.5, 0.0],
+                 loss_weights=[1.0, 1.0, 0.0, 1.0])
+    assert unit.in_loss.tolist() == [True, True, False, False]
+    assert [LossDenominator.build([unit], agg, constant_norm_length=16, world=ONE).value
+            for agg in ("token-mean", "seq-mean-token-mean", "constant-norm")] == [4, 2, 32]
     with pytest.raises(ValueError, match="constant_norm_length"):
         LossDenominator.build(samples, "constant-norm", world=ONE)
     with pytest.raises(ValueError, match="token-mean, seq-mean-token-mean, constant-norm"):
@@ -233,10 +240,12 @@ def test_icepop_weights_off_and_a_response_without_tokens():
 #   group 7: a (3 tokens), b (1 token)           4 tokens
 #   group 9: c (2 tokens), d (2 tokens, weight 0.5)  4 tokens
 #   group 4: e (2 tokens, weight 0): no response in the loss, so the group is not counted
-# In the loss: 8 tokens, 4 responses, 2 groups. L = 10.
-STEP = {"a": TrainSample([1, 2], [5, 6, 7], 1.0, group_id=7), "b": TrainSample([1, 2], [8], 1.0, group_id=7),
-        "c": TrainSample([3], [5, 6], 1.0, group_id=9), "d": TrainSample([3], [7, 8], 1.0, group_id=9, loss_weight=0.5),
-        "e": TrainSample([4], [5, 6], 1.0, group_id=4, loss_weight=0.0)}
+# In the loss: 8 tokens, 4 responses, 2 groups. L = 10. Each response is a unit of its own.
+GROUPS = {7: Group(prompt_ids=[1, 2], response_ids=[[5, 6, 7], [8]], advantages=1.0, group_id=7),
+          9: Group(prompt_ids=[3], response_ids=[[5, 6], [7, 8]], advantages=1.0, loss_weights=[1.0, 0.5], group_id=9),
+          4: Group(prompt_ids=[4], response_ids=[[5, 6]], advantages=1.0, loss_weights=0.0, group_id=4)}
+STEP = {"a": GROUPS[7].select([0]), "b": GROUPS[7].select([1]), "c": GROUPS[9].select([0]),
+        "d": GROUPS[9].select([1]), "e": GROUPS[4]}
 MICRO_BATCHES = [["a", "c"], ["b", "d", "e"]]
 
 
@@ -244,7 +253,7 @@ def step_weights(agg: str) -> list[list[float]]:
     denom = LossDenominator.build(list(STEP.values()), agg, constant_norm_length=10, world=ONE)
     weights = []
     for names in MICRO_BATCHES:
-        mb = pack_units([[STEP[n]] for n in names])
+        mb = pack_groups([STEP[n] for n in names])
         mask = mb.loss_mask.double()
         weights.append(aggregation_weights(mask, mb.seq_index, denom, denom.group_index(mb.group_ids, mask)).tolist())
     return weights
@@ -257,7 +266,7 @@ def step_weights(agg: str) -> list[list[float]]:
     ("constant-norm", {"a": 1 / 40, "b": 1 / 40, "c": 1 / 40, "d": 0.5 / 40}),  # Eq. 3: N * L
 ])
 def test_aggregation_weights_by_hand_over_a_split_step(agg, per_response):
-    expected = [[per_response.get(n, 0.0) for n in names for _ in STEP[n].response_ids] for names in MICRO_BATCHES]
+    expected = [[per_response.get(n, 0.0) for n in names for _ in STEP[n].response_ids[0]] for names in MICRO_BATCHES]
     weights = step_weights(agg)
     assert weights == expected
     if agg == "group-token-mean":  # each group weighs 1 / P in all, however it is split
@@ -269,7 +278,7 @@ def test_group_index_maps_group_ids_once_per_step():
     denom = LossDenominator.build(list(STEP.values()), "group-token-mean", world=ONE)
     assert denom.group_ids.tolist() == [7, 9] and denom.group_tokens.tolist() == [4.0, 4.0]
     assert denom.group_tokens.dtype == F64 and denom.value == 2
-    mb = pack_units([[STEP["b"]], [STEP["d"]], [STEP["e"]]])
+    mb = pack_groups([STEP["b"], STEP["d"], STEP["e"]])
     assert mb.group_ids.tolist() == [7, 9, 9, 4, 4]
     assert denom.group_index(mb.group_ids, mb.loss_mask).tolist() == [0, 1, 1, 0, 0]  # e: out of the loss, weight 0
     with pytest.raises(ValueError, match="did not see"):
@@ -293,23 +302,27 @@ def random_step(seed: int):
     units into three micro-batches with groups split across them; per micro-batch random log-probs around
     the sampled ones, one response far off the rollout's (the veto) and some beyond IcePop's range."""
     g = torch.Generator().manual_seed(seed)
-    samples = []
+    groups, where = [], []  # where[i]: (group, position in it) of the step's response i
     for group_id in range(6):
-        prompt = torch.randint(0, 50, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+        prompt = torch.randint(0, 50, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).numpy()
+        responses, advantages, weights = [], [], []
         for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
             length = int(torch.randint(0, 7, (1,), generator=g))
-            weight = [1.0, 1.0, 0.5, 0.0][int(torch.randint(0, 4, (1,), generator=g))]
-            samples.append(TrainSample(prompt, torch.randint(0, 50, (length,), generator=g).tolist(),
-                                       float(torch.randn(1, generator=g)), loss_weight=weight, group_id=100 + 3 * group_id))
-    order = torch.randperm(len(samples), generator=g).tolist()
+            weights.append([1.0, 1.0, 0.5, 0.0][int(torch.randint(0, 4, (1,), generator=g))])
+            responses.append(torch.randint(0, 50, (length,), generator=g).numpy())
+            advantages.append(float(torch.randn(1, generator=g)))
+        groups.append(Group(prompt_ids=prompt, response_ids=responses, advantages=advantages, loss_weights=weights,
+                            group_id=100 + 3 * group_id))
+        where += [(groups[-1], k) for k in range(len(responses))]
+    order = torch.randperm(len(where), generator=g).tolist()
     by_group: dict[int, list[int]] = {}
     for i in order:  # units: one or two responses of one group
-        by_group.setdefault(samples[i].group_id, []).append(i)
+        by_group.setdefault(where[i][0].group_id, []).append(i)
     units = [ids[j:j + 2] for ids in by_group.values() for j in range(0, len(ids), 2)]
     units = [units[i] for i in torch.randperm(len(units), generator=g).tolist()]
     micro_batches = []
     for part in (units[0::3], units[1::3], units[2::3]):
-        mb = pack_units([[samples[i] for i in u] for u in part])
+        mb = pack_groups([where[u[0]][0].select([where[i][1] for i in u]) for u in part])
         n = mb.labels.numel()
         old = -2.0 + torch.randn(n, generator=g, dtype=F64)
         mb.rollout_logprobs = old + 0.6 * torch.randn(n, generator=g, dtype=F64)
@@ -319,16 +332,16 @@ def random_step(seed: int):
         mb.old_logprobs, mb.ref_logprobs = old, old + 0.3 * torch.randn(n, generator=g, dtype=F64)
         logp = old + 0.4 * torch.randn(n, generator=g, dtype=F64)
         micro_batches.append((mb, logp, torch.rand(n, generator=g, dtype=F64)))
-    return samples, micro_batches
+    return groups, micro_batches
 
 
 @pytest.mark.parametrize("agg", AGG_MODES)
 @pytest.mark.parametrize("icepop", ["off", "mask", "truncate"])
 @pytest.mark.parametrize("kl,entropy", [(0.0, 0.0), (0.05, 0.01)])
 def test_policy_loss_equals_the_loss_before_the_split(agg, icepop, kl, entropy):
-    samples, micro_batches = random_step(seed=AGG_MODES.index(agg))
+    groups, micro_batches = random_step(seed=AGG_MODES.index(agg))
     cfg, icepop_cfg = PolicyLossConfig(kl_coef=kl, entropy_coef=entropy), IcePopConfig(mode=icepop)
-    denom = LossDenominator.build(samples, agg, constant_norm_length=8, world=ONE)
+    denom = LossDenominator.build(groups, agg, constant_norm_length=8, world=ONE)
     old_denom = before.OldDenominator(agg, denom.value, None if denom.group_ids is None else
                                       dict(zip(denom.group_ids.tolist(), denom.group_tokens.tolist())))
     some_clipped = some_vetoed = 0.0
@@ -422,8 +435,8 @@ def test_loss_stats_read_the_device_once():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
 @pytest.mark.parametrize("agg", AGG_MODES)
 def test_no_cuda_sync_in_the_loss_and_one_in_its_stats(agg):
-    samples, micro_batches = random_step(seed=0)
-    denom = LossDenominator.build(samples, agg, constant_norm_length=8, world=ONE).to("cuda")
+    groups, micro_batches = random_step(seed=0)
+    denom = LossDenominator.build(groups, agg, constant_norm_length=8, world=ONE).to("cuda")
     cfg, icepop = PolicyLossConfig(kl_coef=0.05, entropy_coef=0.01), IcePopConfig(mode="mask")
     for mb, logp, ent in micro_batches:
         group_index = denom.group_index(mb.group_ids, mb.loss_mask)  # on the host copy, as the engine does

@@ -3,13 +3,16 @@ on CPU), log-probs/entropy/gradients equal to each prompt + response alone, grou
 group-token-mean loss (Eq. 4) by hand."""
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from golong.trainer.attention import (FLEX_PROMPT_ONCE, PER_SEQUENCE, flex_prompt_once_attention,
                                       per_sequence_attention, resolve_attention)
-from golong.trainer.batch import TrainSample, pack, pack_units, unit_num_tokens
+from golong.trainer.batch import Group, pack_groups
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.trainer.engine import LogProbModel
 from golong.trainer.loss import LossDenominator, LossInputs, aggregation_weights, policy_loss
@@ -19,24 +22,26 @@ from golong.world import current_world
 TEMPERATURE = 0.7
 
 
-def group(prompt_len, response_lens, group_id, seed, vocab=500, advantages=None):
-    """TrainSamples of one prompt group: one random prompt, one random response per length."""
+def group(prompt_len, response_lens, group_id, seed, vocab=500, advantages=None) -> Group:
+    """One prompt group: one random prompt, one random response per length."""
     g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, vocab, (prompt_len,), generator=g).tolist()
+    prompt = torch.randint(0, vocab, (prompt_len,), generator=g).numpy()
     advantages = advantages or [0.5 - i for i in range(len(response_lens))]
-    return [TrainSample(prompt, torch.randint(0, vocab, (r,), generator=g).tolist(), advantage=a, group_id=group_id)
-            for r, a in zip(response_lens, advantages)]
+    return Group(prompt_ids=prompt, response_ids=[torch.randint(0, vocab, (r,), generator=g).numpy() for r in response_lens],
+                 advantages=advantages[:len(response_lens)], group_id=group_id)
 
 
 # ------------------------------------------------------------------------------------------------
 # Layout
 
 
-def test_pack_units_by_hand():
-    a = TrainSample([10, 11, 12], [20, 21], 1.0, rollout_logprobs=torch.tensor([-1.0, -2.0]), group_id=7)
-    b = TrainSample([10, 11, 12], [30], -1.0, rollout_logprobs=torch.tensor([-3.0]), group_id=7, loss_weight=0.0)
-    c = TrainSample([40], [50, 51, 52], 0.5, rollout_logprobs=torch.tensor([-4.0, -5.0, -6.0]), group_id=9)
-    mb = pack_units([[a, b], [c]])
+def test_pack_groups_by_hand():
+    ab = Group(prompt_ids=[10, 11, 12], response_ids=[[20, 21], [30]], advantages=[1.0, -1.0],
+               rollout_logprobs=[[-1.0, -2.0], np.array([-3.0])], loss_weights=[1.0, 0.0], group_id=7)
+    c = Group(prompt_ids=[40], response_ids=[[50, 51, 52]], advantages=0.5, rollout_logprobs=[[-4.0, -5.0, -6.0]],
+              group_id=9)
+    assert (len(ab), ab.num_tokens, ab.response_lengths.tolist(), ab.in_loss.tolist()) == (2, 6, [2, 1], [True, False])
+    mb = pack_groups([ab, c])
     assert mb.input_ids.tolist() == [[10, 11, 12, 20, 21, 30, 40, 50, 51, 52]]
     assert mb.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 3]]  # b continues from the prompt, not from a
     assert mb.cu_seqlens.tolist() == [0, 6, 10] and mb.cu_seqlens.dtype == torch.int32
@@ -51,11 +56,14 @@ def test_pack_units_by_hand():
     assert mb.rollout_logprobs.tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     assert mb.num_tokens == mb.num_real_tokens == 10 and mb.num_responses == 3
     # share_prompt off is the special case of one response per unit
-    one_each = pack([a, b])
+    one_each = pack_groups(ab.split())
     assert one_each.input_ids.tolist() == [[10, 11, 12, 20, 21, 10, 11, 12, 30]]
     assert one_each.cu_segments.tolist() == [0, 3, 5, 8, 9]
-    with pytest.raises(ValueError, match="share prompt_ids"):
-        pack_units([[a, c]])
+    # a unit has one prompt by construction: two prompts (a 2-D prompt_ids) or float ids are refused
+    with pytest.raises(ValueError, match="prompt_ids must be a 1-D sequence of token ids"):
+        Group(prompt_ids=[[10, 11, 12], [40, 41, 42]], response_ids=[[20]], advantages=1.0)
+    with pytest.raises(ValueError, match="prompt_ids must be a 1-D sequence of token ids"):
+        Group(prompt_ids=[10.0, 11.5], response_ids=[[20]], advantages=1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,8 +89,7 @@ class _Module(torch.nn.Module):
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 1), (6, 2), (1, 1)])
 def test_attention_paths_equal_dense_reference(heads, kv_heads):
-    units = [[group(5, [3, 1, 4], 0, seed=0)], [group(2, [6], 1, seed=1)], [group(4, [1, 2], 2, seed=2)]]
-    mb = pack_units([u for [u] in units])
+    mb = pack_groups([group(5, [3, 1, 4], 0, seed=0), group(2, [6], 1, seed=1), group(4, [1, 2], 2, seed=2)])
     T = mb.num_tokens
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, heads, T, 8, generator=g, dtype=torch.float64)
@@ -132,11 +139,13 @@ def models(tiny_model_path):
     return LogProbModel(packed, TEMPERATURE, chunk_size=5), alone
 
 
-def alone_logprobs(model, sample):
+def alone_logprobs(model, prompt_ids, response_ids):
     """Plain transformers on prompt + response alone: (log-probs, entropy) of the response tokens."""
-    logits = model(torch.tensor([sample.prompt_ids + sample.response_ids])).logits[0] / TEMPERATURE
-    log_p = torch.log_softmax(logits[len(sample.prompt_ids) - 1:-1], -1)
-    return log_p.gather(1, torch.tensor(sample.response_ids)[:, None])[:, 0], -(log_p.exp() * log_p).sum(-1)
+    response = torch.from_numpy(response_ids.astype(np.int64))
+    ids = torch.cat([torch.from_numpy(prompt_ids.astype(np.int64)), response])[None]
+    logits = model(ids).logits[0] / TEMPERATURE
+    log_p = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1)
+    return log_p.gather(1, response[:, None])[:, 0], -(log_p.exp() * log_p).sum(-1)
 
 
 def packed_logprobs(model, mb):
@@ -155,15 +164,13 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_packed_groups_equal_each_response_alone(models, case):
     packed_model, alone_model = models
-    samples = [s for grp in CASES[case] for s in grp]
     max_tokens = 20 if case == "split_group" else 1000
-    units = plan_units(samples, max_tokens)
+    units = plan_units(CASES[case], max_tokens)
     if case == "split_group":
-        assert len(units) >= 3 and all(unit_num_tokens([samples[i] for i in u]) <= max_tokens for u in units)
+        assert len(units) >= 3 and all(u.num_tokens <= max_tokens for u in units)
     else:
         assert len(units) == 2
-    order = [i for u in units for i in u]
-    mb = pack_units([[samples[i] for i in u] for u in units])
+    mb = pack_groups(units)
     weights = torch.randn(mb.labels.numel(), generator=torch.Generator().manual_seed(3))
 
     packed_model.zero_grad()
@@ -171,7 +178,8 @@ def test_packed_groups_equal_each_response_alone(models, case):
     (weights * logp + 0.1 * weights.flip(0) * entropy).sum().backward()
 
     alone_model.zero_grad()
-    ref_logp, ref_entropy = map(torch.cat, zip(*(alone_logprobs(alone_model, samples[i]) for i in order)))
+    ref_logp, ref_entropy = map(torch.cat, zip(*(alone_logprobs(alone_model, u.prompt_ids, r)
+                                                 for u in units for r in u.response_ids)))
     (weights * ref_logp + 0.1 * weights.flip(0) * ref_entropy).sum().backward()
 
     assert (logp - ref_logp).abs().max() <= 1e-5
@@ -182,7 +190,7 @@ def test_packed_groups_equal_each_response_alone(models, case):
     for name, p in packed_model.model.named_parameters():
         assert torch.allclose(p.grad, ref_grads[name].grad, atol=1e-6 * largest * 10, rtol=1e-4), name
     # prompt-once computes fewer tokens than one sequence per response
-    assert mb.num_tokens < pack([samples[i] for i in order]).num_tokens
+    assert mb.num_tokens < pack_groups([one for u in units for one in u.split()]).num_tokens
 
 
 def test_unit_causal_attention_is_refused_for_groups(tiny_model_path):
@@ -190,7 +198,7 @@ def test_unit_causal_attention_is_refused_for_groups(tiny_model_path):
 
     model = LogProbModel(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32,
                                                               attn_implementation="sdpa"), 1.0, 8)
-    mb = pack_units([group(3, [2, 2], 0, seed=0)])
+    mb = pack_groups([group(3, [2, 2], 0, seed=0)])
     with pytest.raises(ValueError, match="share_prompt"):
         packed_logprobs(model, mb)
 
@@ -199,32 +207,42 @@ def test_unit_causal_attention_is_refused_for_groups(tiny_model_path):
 # Planning
 
 
+def members(units: list[Group]) -> list[tuple[int, list[int]]]:
+    """Each unit as (group_id, its responses' positions in the group)."""
+    return [(u.group_id, u.response_index.tolist()) for u in units]
+
+
 def test_plan_units_groups_and_splits():
-    samples = group(10, [30, 5, 20, 1, 25], 0, seed=0) + group(3, [4, 4], 1, seed=1) + \
-        [TrainSample([1, 2], [3], 1.0)]  # no group_id: alone
-    units = plan_units(samples, max_tokens=50)
-    tokens = {tuple(u): unit_num_tokens([samples[i] for i in u]) for u in units}
-    assert sorted(i for u in units for i in u) == list(range(len(samples)))
-    assert [5, 6] in units and [7] in units
-    group0 = [u for u in units if u[0] < 5]
+    groups = [group(10, [30, 5, 20, 1, 25], 0, seed=0), group(3, [4, 4], 1, seed=1),
+              Group(prompt_ids=[1, 2], response_ids=[[3]], advantages=1.0)]  # no group_id: alone
+    units = plan_units(groups, max_tokens=50)
+    assert sorted((g, i) for g, idx in members(units) for i in idx) == \
+        [(-1, 0)] + [(0, i) for i in range(5)] + [(1, 0), (1, 1)]
+    assert (1, [0, 1]) in members(units) and (-1, [0]) in members(units)
+    group0 = [u for u in units if u.group_id == 0]
     assert len(group0) == 3  # 81 response tokens in a budget of 50 - 10 per unit: 3 units
-    assert all(tokens[tuple(u)] <= 50 for u in group0)
-    assert plan_units(samples, 50, share_prompt=False) == [[i] for i in range(len(samples))]
+    assert all(u.num_tokens <= 50 for u in group0)
+    for u in group0:  # a unit of a group: the group's prompt (the same memory), its responses, advantages, weights
+        assert np.shares_memory(u.prompt_ids, groups[0].prompt_ids)
+        assert [r.tolist() for r in u.response_ids] == [groups[0].response_ids[i].tolist() for i in u.response_index]
+        assert u.advantages.tolist() == groups[0].advantages[u.response_index].tolist()
+    assert members(plan_units(groups, 50, share_prompt=False)) == \
+        [(0, [i]) for i in range(5)] + [(1, [0]), (1, [1]), (-1, [0])]
     # a response too long to share its prompt with anything gets a unit of its own
     big = group(10, [45, 3, 2], 0, seed=0)
-    assert sorted(plan_units(big, 50)) == [[0], [1, 2]]
-    bad = group(3, [1], 0, seed=0) + group(4, [1], 0, seed=1)
-    with pytest.raises(ValueError, match="different prompt_ids"):
-        plan_units(bad, 50)
+    assert sorted(idx for _, idx in members(plan_units([big], 50))) == [[0], [1, 2]]
+    # the responses' positions must be one per response (the planner and router replay find responses by them)
+    with pytest.raises(ValueError, match="response_index has shape"):
+        dataclasses.replace(big, response_index=[0, 1])
 
 
 def test_plan_balances_groups_over_ranks():
-    samples = [s for g in range(12) for s in group(20 + 7 * g, [3 + g, 9, 1, 4], g, seed=g)]
-    units = plan_units(samples, 64)
-    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], 64, 2)
+    groups = [group(20 + 7 * g, [3 + g, 9, 1, 4], g, seed=g) for g in range(12)]
+    units = plan_units(groups, 64)
+    plan = plan_micro_batches([u.num_tokens for u in units], 64, 2)
     assert len({len(rank) for rank in plan}) == 1
-    placed = sorted(i for rank in plan for mb in rank for u in mb for i in units[u])
-    assert placed == list(range(len(samples)))
+    placed = sorted((units[u].group_id, i) for rank in plan for mb in rank for u in mb for i in units[u].response_index)
+    assert placed == [(g, i) for g in range(12) for i in range(4)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,14 +261,14 @@ def on_tokens(mb, logp, old_logp, denom: LossDenominator) -> LossInputs:
 
 def test_group_token_mean_by_hand():
     # group A: responses of 1 and 15 tokens; group B: 2 and 3 tokens; every token's loss is 1
-    samples = group(2, [1, 15], 10, seed=0) + group(2, [2, 3], 11, seed=1)
-    mb = pack_units([samples[:2], samples[2:]])
+    groups = [group(2, [1, 15], 10, seed=0), group(2, [2, 3], 11, seed=1)]
+    mb = pack_groups(groups)
     for mode, weight_of_15 in (("group-token-mean", 0.5 * 15 / 16), ("token-mean", 15 / 21)):
-        denom = LossDenominator.build(samples, mode, world=current_world())
+        denom = LossDenominator.build(groups, mode, world=current_world())
         w = aggregation_weights(mb.loss_mask, mb.seq_index, denom, denom.group_index(mb.group_ids, mb.loss_mask))
         assert w[mb.seq_index == 1].sum().item() == pytest.approx(weight_of_15)
         assert w.sum().item() == pytest.approx(1.0)
-    denom = LossDenominator.build(samples, "group-token-mean", world=current_world())
+    denom = LossDenominator.build(groups, "group-token-mean", world=current_world())
     assert denom.value == 2 and tokens_by_group(denom) == {10: 16.0, 11: 5.0}
     # the 15-token response weighs 0.47 under Eq. 4 and 0.71 under token-mean (issue's example, in K)
     assert 0.5 * 15 / 16 == pytest.approx(0.469, abs=1e-3) and 15 / 21 == pytest.approx(0.714, abs=1e-3)
@@ -258,28 +276,33 @@ def test_group_token_mean_by_hand():
     # the loss by hand: l_t = -A rho with rho = 1 (on-policy); loss = mean over groups of sum / group tokens
     logp = torch.zeros(mb.labels.numel(), requires_grad=True)
     loss = policy_loss(on_tokens(mb, logp, logp.detach(), denom), PolicyLossConfig(), IcePopConfig(mode="off"), denom)
-    adv = [s.advantage for s in samples]
+    adv = [a for g in groups for a in g.advantages.tolist()]
     by_hand = 0.5 * (-(adv[0] * 1 + adv[1] * 15) / 16 - (adv[2] * 2 + adv[3] * 3) / 5)
     assert loss.item() == pytest.approx(by_hand)
     # a response with loss_weight 0 leaves its group's count; a group with none in the loss leaves the groups
-    samples[3].loss_weight = 0.0
-    masked = LossDenominator.build(samples + group(2, [4], 12, seed=2, advantages=[1.0])[:0], "group-token-mean",
+    groups[1] = dataclasses.replace(groups[1], loss_weights=[1.0, 0.0])
+    masked = LossDenominator.build(groups + [group(2, [], 12, seed=2)], "group-token-mean",  # + a group of no responses
                                    world=current_world())
     assert tokens_by_group(masked) == {10: 16.0, 11: 2.0}
-    off = [TrainSample([1], [2, 3], 1.0, group_id=13, loss_weight=0.0)]
-    assert LossDenominator.build(samples + off, "group-token-mean", world=current_world()).value == 2
+    off = [Group(prompt_ids=[1], response_ids=[[2, 3]], advantages=1.0, loss_weights=0.0, group_id=13)]
+    assert LossDenominator.build(groups + off, "group-token-mean", world=current_world()).value == 2
 
 
 def test_group_token_mean_is_split_invariant_over_micro_batches():
-    samples = group(3, [1, 15, 4], 0, seed=0) + group(5, [2, 3], 1, seed=1)
-    denom = LossDenominator.build(samples, "group-token-mean", world=current_world())
+    groups = [group(3, [1, 15, 4], 0, seed=0), group(5, [2, 3], 1, seed=1)]
+    where = [(g, k) for g in groups for k in range(len(g))]  # response i of the step: (its group, its position)
+    denom = LossDenominator.build(groups, "group-token-mean", world=current_world())
     g = torch.Generator().manual_seed(0)
-    per_response = [torch.randn(len(s.response_ids), generator=g) for s in samples]
+    per_response = [torch.randn(len(r), generator=g) for grp in groups for r in grp.response_ids]
+
+    def unit(indices):  # responses of one group, by their index in the step
+        assert len({id(where[i][0]) for i in indices}) == 1
+        return where[indices[0]][0].select([where[i][1] for i in indices])
 
     def loss_of(units):
         total = 0.0
         for unit_list in units:
-            mb = pack_units([[samples[i] for i in u] for u in unit_list])
+            mb = pack_groups([unit(u) for u in unit_list])
             logp = torch.cat([per_response[i] for u in unit_list for i in u])
             loss = policy_loss(on_tokens(mb, logp, logp - 0.1, denom), PolicyLossConfig(), IcePopConfig(mode="off"), denom)
             total += loss.item()
@@ -292,4 +315,5 @@ def test_group_token_mean_is_split_invariant_over_micro_batches():
 
 def test_group_token_mean_needs_group_ids():
     with pytest.raises(ValueError, match="group_id"):
-        LossDenominator.build([TrainSample([1], [2], 1.0)], "group-token-mean", world=current_world())
+        LossDenominator.build([Group(prompt_ids=[1], response_ids=[[2]], advantages=1.0)], "group-token-mean",
+                              world=current_world())

@@ -14,8 +14,8 @@ import torch
 from dist.rollout_reference import round_to_bf16
 from golong.configlib import ConfigError
 from golong.rollout import RolloutConfig, RolloutEngine
-from golong.rollout.routes import _Chunk, assemble_routes, external_id
-from golong.trainer.router_replay import moe_routers
+from golong.replay.rollout import _Chunk, assemble_routes, external_id
+from golong.replay.trainer import moe_routers
 
 PROMPTS = [[5, 6, 7, 8, 9, 30, 31, 32], [40, 41, 42], [100, 7, 300, 12, 60, 61]]
 # A disagreement is a near-tie when the reference's probability mass on its own top-k exceeds that on

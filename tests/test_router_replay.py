@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from golong.trainer.attention import PER_SEQUENCE, packed_attention_kwargs
-from golong.trainer.batch import TrainSample, pack, pack_units
-from golong.trainer.router_replay import RouterReplay, global_agreement, moe_routers, own_routes, route_dtype
+from golong.trainer.batch import Group, pack_groups
+from golong.world import current_world
+from golong.replay.trainer import (RouteExtras, RouterReplay, global_agreement, moe_routers, own_routes,
+                                         pack_unit_routes, route_dtype)
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +35,25 @@ def load(path: str, checkpointing: bool = False):
     return LogProbModel(model, temperature=1.0, chunk_size=64)
 
 
-def samples() -> list[TrainSample]:
-    return [TrainSample(prompt_ids=[5, 6, 7, 8, 9], response_ids=[10, 11, 12], advantage=1.0),
-            TrainSample(prompt_ids=[20, 21], response_ids=[22, 23, 24, 25], advantage=-1.0)]
+def samples() -> list[Group]:
+    """Two one-response groups: responses 0 and 1 of a step."""
+    return [Group(prompt_ids=[5, 6, 7, 8, 9], response_ids=[[10, 11, 12]], advantages=[1.0], response_index=[0]),
+            Group(prompt_ids=[20, 21], response_ids=[[22, 23, 24, 25]], advantages=[-1.0], response_index=[1])]
+
+
+def with_routes(units: list[Group], routes_of: dict) -> tuple:
+    """(micro-batch, its routes, its routes_counted): the units packed, the routes laid out by router replay's packer."""
+    mb = pack_groups(units)
+    routes, counted = pack_unit_routes(units, routes_of)
+    mb.extras = {"routes": routes, "routes_counted": counted}
+    return mb, routes, counted
 
 
 def inputs(mb, routes=None) -> dict:
     return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
                 max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
                 labels=mb.labels, routes=routes,
-                routes_counted=None if routes is None else mb.routes_counted if mb.routes_counted is not None else routed(mb))
+                routes_counted=None if routes is None else mb.extras.get("routes_counted", routed(mb)))
 
 
 def routed(mb) -> torch.Tensor:
@@ -78,12 +89,12 @@ def test_tiny_moe_is_a_qwen3_moe_with_uint8_routes(moe_path):
     assert (lp.router_replay.num_layers, lp.router_replay.moe_layers) == (2, [0, 1])
     assert (lp.router_replay.top_k, lp.router_replay.num_experts) == (2, 8)
     assert route_dtype(8) == torch.uint8 and route_dtype(256) == torch.uint8 and route_dtype(257) == torch.int16
-    assert trainer_routes(lp, pack(samples())).dtype == torch.uint8
+    assert trainer_routes(lp, pack_groups(samples())).dtype == torch.uint8
 
 
 def test_replaying_the_trainers_own_routes_equals_the_ordinary_forward(moe_path):
     lp = load(moe_path)
-    mb = pack(samples())
+    mb = pack_groups(samples())
     routes = trainer_routes(lp, mb)
     plain = lp(**inputs(mb))
     plain.sum().backward()
@@ -100,7 +111,7 @@ def test_replaying_the_trainers_own_routes_equals_the_ordinary_forward(moe_path)
 
 def test_replayed_experts_are_used_per_token_and_the_router_keeps_its_gradient(moe_path):
     lp = load(moe_path)
-    mb = pack(samples())
+    mb = pack_groups(samples())
     given = foreign(trainer_routes(lp, mb), 8)  # (T, L, k)
     seen = {}
     blocks = {i: layer.mlp for i, layer in enumerate(lp.model.model.layers)}
@@ -131,7 +142,7 @@ def test_replayed_experts_are_used_per_token_and_the_router_keeps_its_gradient(m
 
 
 def test_checkpointing_recompute_replays_the_same_experts(moe_path):
-    mb = pack(samples())
+    mb = pack_groups(samples())
     results = {}
     for checkpointing in (False, True):
         lp = load(moe_path, checkpointing)
@@ -153,20 +164,17 @@ def test_checkpointing_recompute_replays_the_same_experts(moe_path):
 
 def test_routes_survive_packing(moe_path):
     lp = load(moe_path)
-    alone = [pack([s]) for s in samples()]
-    routed = []
-    for s, mb in zip(samples(), alone):
-        routes = foreign(trainer_routes(lp, mb), 8)[:-1]  # (P+R-1, L, k): the last token has none
-        routed.append(TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=s.advantage,
-                                  routes=routes))
-    packed = pack(routed)
-    assert packed.routes.shape == (packed.num_tokens, 2, 2) and packed.routes.dtype == torch.uint8
+    units = samples()
+    routes_of = {i: foreign(trainer_routes(lp, pack_groups([u])), 8)[:-1]  # (P+R-1, L, k): the last token has none
+                 for i, u in enumerate(units)}
+    packed, routes, _ = with_routes(units, routes_of)
+    assert routes.shape == (packed.num_tokens, 2, 2) and routes.dtype == torch.uint8
     start = 0
-    for s in routed:  # laid out like input_ids: the sample's rows, then its last token's placeholder
-        assert torch.equal(packed.routes[start:start + s.num_tokens - 1], s.routes)
-        start += s.num_tokens
-    one_by_one = torch.cat([lp(**inputs(pack([s]), pack([s]).routes)) for s in routed])
-    torch.testing.assert_close(lp(**inputs(packed, packed.routes)), one_by_one, rtol=0, atol=1e-5)
+    for i, u in enumerate(units):  # laid out like input_ids: the response's rows, then its last token's placeholder
+        assert torch.equal(routes[start:start + u.num_tokens - 1], routes_of[i])
+        start += u.num_tokens
+    one_by_one = torch.cat([lp(**inputs(mb, r)) for mb, r, _ in (with_routes([u], routes_of) for u in units)])
+    torch.testing.assert_close(lp(**inputs(packed, routes)), one_by_one, rtol=0, atol=1e-5)
     assert not torch.allclose(lp(**inputs(packed)), one_by_one)  # the replayed routes mattered
 
 
@@ -176,21 +184,46 @@ def test_routes_survive_prompt_once_packing(moe_path):
     lp = load(moe_path)
     prompt = [5, 9, 14, 3, 7, 11]
     responses = [[4, 8, 2], [6], [10, 12]]
-    alone = [pack([TrainSample(prompt_ids=prompt, response_ids=r, advantage=1.0)]) for r in responses]
-    prompt_routes = foreign(trainer_routes(lp, alone[0]), 8)[:len(prompt)]
-    routed = []
-    for r, mb in zip(responses, alone):  # one rollout: the prompt's routes are the group's
-        own = foreign(trainer_routes(lp, mb), 8)[:-1]
-        routed.append(TrainSample(prompt_ids=prompt, response_ids=r, advantage=1.0, group_id=0,
-                                  routes=torch.cat([prompt_routes, own[len(prompt):]])))
-    group = pack_units([routed])
-    assert group.num_tokens == len(prompt) + sum(map(len, responses))
-    assert torch.equal(group.routes[:len(prompt)], prompt_routes)
-    one_by_one = torch.cat([lp(**inputs(pack([s]), pack([s]).routes)) for s in routed])
-    torch.testing.assert_close(lp(**inputs(group, group.routes)), one_by_one, rtol=0, atol=1e-5)
-    assert not torch.allclose(lp(**inputs(group)), one_by_one)  # the replayed routes mattered
+    group = Group(prompt_ids=prompt, response_ids=responses, advantages=1.0, group_id=0)
+    alone = group.split()
+    prompt_routes = foreign(trainer_routes(lp, pack_groups(alone[:1])), 8)[:len(prompt)]
+    routes_of = {}
+    for i, unit in enumerate(alone):  # one rollout: the prompt's routes are the group's
+        own = foreign(trainer_routes(lp, pack_groups([unit])), 8)[:-1]
+        routes_of[i] = torch.cat([prompt_routes, own[len(prompt):]])
+    mb, routes, counted = with_routes([group], routes_of)
+    assert mb.num_tokens == len(prompt) + sum(map(len, responses))
+    assert torch.equal(routes[:len(prompt)], prompt_routes)
+    one_by_one = torch.cat([lp(**inputs(m, r)) for m, r, _ in (with_routes([u], routes_of) for u in alone)])
+    torch.testing.assert_close(lp(**inputs(mb, routes)), one_by_one, rtol=0, atol=1e-5)
+    assert not torch.allclose(lp(**inputs(mb)), one_by_one)  # the replayed routes mattered
     # each response's last token is the one position the rollout never routed
-    assert torch.nonzero(~group.routes_counted).flatten().tolist() == [8, 9, 11]
+    assert torch.nonzero(~counted).flatten().tolist() == [8, 9, 11]
+
+
+def test_route_extras_fetch_each_ranks_units_and_pack_them_like_the_tokens():
+    """The planner's hook: every rank's needs (by response index) go to one fetch; this rank's arrays come
+    back in its order, and pack lays a unit's routes out as the tokens (prompt once, from its first response)."""
+    refs = [f"ref{i}" for i in range(4)]  # where each response's routes live (RouteRefs in a run)
+    prompt = [1, 2, 3]
+    arrays = {f"ref{i}": torch.full((len(prompt) + 2 - 1, 2, 2), i, dtype=torch.uint8) for i in range(4)}
+    asked = []
+
+    def fetch_arrays(needed):
+        asked.append(needed)
+        return [arrays[ref] for ref in needed[1]]  # this is rank 1
+
+    group = Group(prompt_ids=prompt, response_ids=[[7, 8]] * 4, advantages=0.0, group_id=0,
+                  response_index=[0, 1, 2, 3])
+    rank0, rank1 = group.select([0, 3]), group.select([2, 1])
+    extras = RouteExtras(refs, fetch_arrays, rank=1)
+    extras.fetch([[rank0], [rank1]])
+    assert asked == [[["ref0", "ref3"], ["ref2", "ref1"]]]
+    packed = extras.pack([rank1])
+    assert packed["routes"][:, 0, 0].tolist() == [2, 2, 2, 2, 0, 1, 0]  # prompt from response 2; placeholders 0
+    assert packed["routes_counted"].tolist() == [True] * 4 + [False, True, False]
+    with pytest.raises(ValueError, match="response 0 of a micro-batch has no routes"):
+        extras.pack([rank0])
 
 
 def test_routes_shard_with_the_row_under_sequence_parallelism():
@@ -200,11 +233,10 @@ def test_routes_shard_with_the_row_under_sequence_parallelism():
     from golong.trainer.sequence_parallel import SPLayout, pad_inputs, shard_inputs
 
     prompt, responses = [5, 9, 14], [[4, 8, 2], [6, 1]]
-    routed = [TrainSample(prompt_ids=prompt, response_ids=r, advantage=1.0, group_id=0,
-                          routes=torch.randint(0, 8, (len(prompt) + len(r) - 1, 2, 2), dtype=torch.uint8))
-              for r in responses]
-    mb = pack_units([routed])  # 8 tokens
-    padded = pad_inputs(inputs(mb, mb.routes), 3)  # 9 tokens: one filler
+    group = Group(prompt_ids=prompt, response_ids=responses, advantages=1.0, group_id=0)
+    routes_of = {i: torch.randint(0, 8, (len(prompt) + len(r) - 1, 2, 2), dtype=torch.uint8) for i, r in enumerate(responses)}
+    mb, routes, _ = with_routes([group], routes_of)  # 8 tokens
+    padded = pad_inputs(inputs(mb, routes), 3)  # 9 tokens: one filler
     assert padded["routes"].shape[0] == 9 and padded["routes_counted"].tolist() == [True] * 5 + [False, True, False, False]
     for rank in range(3):
         shard = shard_inputs(padded, SPLayout(size=3, rank=rank, dp_size=1, dp_rank=0, group=None))
@@ -215,12 +247,12 @@ def test_routes_shard_with_the_row_under_sequence_parallelism():
 
 def test_router_agreement_counts_token_layer_choices_on_forwards_without_grad(moe_path):
     lp = load(moe_path)
-    mb = pack(samples())  # 14 tokens, 2 sequences: 12 routed tokens x 2 layers = 24 choices
+    mb = pack_groups(samples())  # 14 tokens, 2 sequences: 12 routed tokens x 2 layers = 24 choices
     routes = trainer_routes(lp, mb)
     with torch.no_grad():
         lp(**inputs(mb, routes))
     assert (lp.router_replay.agreement.matches, lp.router_replay.agreement.total) == (24, 24)
-    assert global_agreement(lp.router_replay.agreement) == 1.0
+    assert global_agreement(lp.router_replay.agreement, current_world()) == 1.0
     assert lp.router_replay.agreement.total == 0  # popped
 
     changed = routes.clone()
@@ -231,19 +263,20 @@ def test_router_agreement_counts_token_layer_choices_on_forwards_without_grad(mo
     with torch.no_grad():
         measured = lp(**inputs(mb, changed))
     assert_same_logprobs(measured, lp(**inputs(mb)))
-    assert global_agreement(lp.router_replay.agreement) == pytest.approx(21 / 24)
+    assert global_agreement(lp.router_replay.agreement, current_world()) == pytest.approx(21 / 24)
     lp(**inputs(mb, changed))  # with grad: not counted
     assert lp.router_replay.agreement.total == 0
 
 
 def test_bad_routes_are_refused(moe_path, tiny_model_path):
+    unit = Group(prompt_ids=[1, 2, 3], response_ids=[[4, 5]], advantages=0.0)
     with pytest.raises(ValueError, match=r"expected \(4, layers, top_k\)"):
-        TrainSample(prompt_ids=[1, 2, 3], response_ids=[4, 5], advantage=0.0, routes=torch.zeros(5, 2, 2, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="every rollout sample needs its routes"):
-        pack([TrainSample(prompt_ids=[1], response_ids=[2], advantage=0.0, routes=torch.zeros(1, 2, 2, dtype=torch.uint8)),
-              TrainSample(prompt_ids=[1], response_ids=[2], advantage=0.0)])
+        pack_unit_routes([unit], {0: torch.zeros(5, 2, 2, dtype=torch.uint8)})
+    pair = Group(prompt_ids=[1], response_ids=[[2], [2]], advantages=0.0)
+    with pytest.raises(ValueError, match="every rollout response needs its routes"):
+        pack_unit_routes([pair], {0: torch.zeros(1, 2, 2, dtype=torch.uint8)})
     lp = load(moe_path)
-    mb = pack(samples())
+    mb = pack_groups(samples())
     with pytest.raises(ValueError, match=r"expected \(tokens, 2, 2\)"):
         lp(**inputs(mb, torch.zeros(mb.num_tokens, 1, 2, dtype=torch.uint8)))
     dense = load(tiny_model_path)

@@ -14,16 +14,17 @@ from conftest import REPO, free_port, run_torchrun
 from golong.config import load_config
 from golong.configlib import ConfigError
 from golong.tiny_model import TinyModelSpec, build_tiny_model
-from golong.trainer.batch import TrainSample, pack
+from golong.trainer.batch import Group, pack_groups
 from golong.trainer.config import TrainerConfig
-from golong.trainer.sequence_parallel import (check_heads, counted_once, gradient_scale, pad_inputs, shard_inputs,
-                                              sp_layout, valid_sizes)
+from golong.trainer.packing import plan_step
+from golong.trainer.sequence_parallel import check_heads, gradient_scale, pad_inputs, shard_inputs, sp_layout, valid_sizes
 
 DIST = os.path.join(REPO, "tests", "dist")
 
 
 def samples(*shapes):
-    return [TrainSample(prompt_ids=list(range(10, 10 + p)), response_ids=list(range(50, 50 + r)), advantage=1.0)
+    """Packed: one plain `prompt + response` sequence per (prompt length, response length)."""
+    return [Group(prompt_ids=list(range(10, 10 + p)), response_ids=[list(range(50, 50 + r))], advantages=1.0)
             for p, r in shapes]
 
 
@@ -49,7 +50,7 @@ def shards(mb, sp):
     ([(2, 9), (4, 4), (1, 1)], 4),  # 21 tokens, sp = 4: three filler tokens
 ])
 def test_shards_partition_the_row_and_its_response_tokens(shapes, sp):
-    mb = pack(samples(*shapes))
+    mb = pack_groups(samples(*shapes))
     parts = shards(mb, sp)
     T = mb.num_tokens
     padded = -(-T // sp) * sp
@@ -75,19 +76,19 @@ def test_shards_partition_the_row_and_its_response_tokens(shapes, sp):
 
 
 def test_a_label_from_the_next_shard_and_an_empty_shard():
-    mb = pack(samples((5, 5)))  # tokens 0-4 prompt, 5-9 response; shards [0, 5) and [5, 10)
+    mb = pack_groups(samples((5, 5)))  # tokens 0-4 prompt, 5-9 response; shards [0, 5) and [5, 10)
     first, second = shards(mb, 2)
     assert first.inputs["logit_positions"].tolist() == [4]  # predicts row token 5, held by the next shard
     assert first.inputs["labels"].tolist() == [50]
     assert second.inputs["logit_positions"].tolist() == [0, 1, 2, 3]
-    mb = pack(samples((7, 3)))
+    mb = pack_groups(samples((7, 3)))
     first, second = shards(mb, 2)
     assert first.inputs["logit_positions"].numel() == 0 and first.inputs["labels"].numel() == 0
     assert second.inputs["logit_positions"].tolist() == [1, 2, 3]
 
 
 def test_padding_is_a_no_op_on_a_multiple_and_unpadded_rows_are_refused():
-    inputs = row_inputs(pack(samples((3, 3))))
+    inputs = row_inputs(pack_groups(samples((3, 3))))
     assert pad_inputs(inputs, 3) is inputs
     with pytest.raises(ValueError, match="pad it first"):
         shard_inputs(inputs, sp_layout(4, 0, 4))
@@ -98,7 +99,7 @@ def shards_of(inputs, sp):
 
 
 def test_unknown_row_kwargs_pass_through_every_shard_unchanged():
-    inputs = {**row_inputs(pack(samples((3, 5)))), "group_layout": torch.tensor([0, 3, 8])}
+    inputs = {**row_inputs(pack_groups(samples((3, 5)))), "group_layout": torch.tensor([0, 3, 8])}
     for part in shards_of(inputs, 2):
         assert part.inputs["group_layout"] is inputs["group_layout"]
 
@@ -114,11 +115,24 @@ def test_layout_groups_consecutive_ranks():
         sp_layout(4, 0, 3)
 
 
-def test_denominator_samples_are_counted_once_per_group():
-    group_samples = samples((1, 2), (3, 4))
-    assert counted_once(group_samples, sp_layout(2, 0, 2)) == group_samples
-    assert counted_once(group_samples, sp_layout(2, 1, 2)) == []
-    assert counted_once(group_samples, sp_layout(2, 1, 1)) == group_samples
+def test_denominator_units_are_counted_once_per_group():
+    groups = samples((1, 2), (3, 4))
+
+    def step(rank, sp):
+        return plan_step(groups, sp_layout(2, rank, sp), 2, max_tokens_per_rank=100, share_prompt=True)
+
+    def ids(units):
+        return [id(u) for u in units]
+
+    first, second = step(0, 2), step(1, 2)  # one SP group of both ranks: the same units, counted on its first
+    assert ids(first.units) == ids(second.units) and len(first.units) == 2
+    assert ids(first.counted) == ids(first.units) and second.counted == []
+    assert len(first.micro_batches) == len(second.micro_batches)
+    # a sum over both ranks (the denominator's all-reduce) sees the 2 + 4 response tokens once
+    assert sum(int(u.response_lengths[u.in_loss].sum()) for b in (first, second) for u in b.counted) == 6
+    dp = [step(rank, 1) for rank in range(2)]  # sp = 1: each rank counts its own share
+    assert all(ids(b.counted) == ids(b.units) and len(b.units) == 1 for b in dp)
+    assert sorted(id(u) for b in dp for u in b.units) == sorted(ids(groups))
 
 
 def test_gradient_scale_undoes_deepspeeds_division():

@@ -179,7 +179,7 @@ def test_a_bad_row_stops_the_run_before_any_engine_starts(tiny_model_path, tmp_p
 def test_router_replay_on_two_ranks_trains_each_rank_on_the_routes_of_its_own_samples(demo_assets, tmp_path):
     """MoE router replay through the whole loop: the routes stay on the rank that generated them and
     each rank fetches those of the samples it trains (RolloutCollector.fetch_routes). A route given to the
-    wrong sample fails TrainSample's length check or shows as chance-level agreement (~2 of 8 experts)."""
+    wrong response fails pack_unit_routes' shape check or shows as chance-level agreement (~2 of 8 experts)."""
     from golong.tiny_model import build_tiny_moe_model
 
     moe = build_tiny_moe_model(str(tmp_path / "moe"))

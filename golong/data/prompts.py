@@ -37,10 +37,14 @@ class PromptIds(Sequence):
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> list[int]:
+        return self.view(i).tolist()
+
+    def view(self, i: int) -> np.ndarray:
+        """Prompt i as an int32 view of the flat array (no copy): what the trainer's Groups hold."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"prompt {i} out of range ({len(self)} prompts)")
         i %= len(self)
-        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
+        return self.flat[self.offsets[i]:self.offsets[i + 1]]
 
     def select(self, indices: Sequence[int]) -> PromptIds:
         """The prompts at `indices`, in that order."""

@@ -36,7 +36,7 @@ import torch
 from golong.console import is_verbose
 from golong.rollout.batch import RolloutBatch
 from golong.rollout.config import RolloutConfig
-from golong.rollout.routes import RouteCollector
+from golong.replay.rollout import RouteCollector
 from golong.rollout.weight_sync import (
     SyncStats,
     extra_bytes,
@@ -138,7 +138,7 @@ class RolloutEngine:
         self.sleep_state = SleepState(cfg.sleep_level)  # checked on every platform
         self._trace = os.environ.get("GOLONG_ROLLOUT_TRACE")
         self.last_seeds: list[int | None] = []  # the seeds of the last generate call's requests, in order
-        self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/rollout/routes.py)
+        self.routes = RouteCollector(cfg.router_replay or cfg.record_routes)  # router replay (golong/replay/rollout.py)
         # CPU: a seeded request whose prefill is chunked over engine steps makes vLLM 0.32 rewind its generator
         # (`set_offset`), which a CPU torch.Generator lacks ("CPU Generator does not use offset"). Per-request
         # seeds are always passed, so on CPU whole prefills only (chunked prefill off, a step's token budget at

@@ -32,6 +32,7 @@ Our own files are JSON (nothing to unpickle); DeepSpeed's shards are torch pickl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -43,6 +44,8 @@ import numpy as np
 import torch
 
 from golong.world import World, current_world
+
+logger = logging.getLogger("golong")
 
 RUN_STATE_FILE = "run_state.json"  # written last inside a checkpoint: its presence marks the folder complete
 LATEST_FILE = "latest"
@@ -165,6 +168,22 @@ class Checkpointer:
         self.layout = layout
         # the rank that does this folder's bookkeeping (cleanup, run_state.json, renames, `latest`)
         self.is_writer = self.world.local_rank == 0 if layout == PER_NODE else self.world.is_main
+
+    @classmethod
+    def for_run(cls, output_dir: str, keep_last: int, world: World) -> Checkpointer:
+        """The run's checkpointer, its layout found by probing `output_dir` from every rank (collective)."""
+        layout = folder_layout(output_dir, world)
+        if layout == PER_NODE and world.is_main:
+            logger.info("trainer.output_dir is node-local: each node keeps its own ranks' checkpoint shards; "
+                        "config, metrics and hf/ are written on the first node")
+        return cls(output_dir, keep_last, world, layout)
+
+    def deepspeed_config(self, ds_config: dict) -> dict:
+        """`ds_config` (trainer.deepspeed) with the storage option this layout needs: node-local folders
+        make DeepSpeed write each node's shared parts on that node's first rank."""
+        if self.layout != PER_NODE:
+            return ds_config
+        return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "use_node_local_storage": True}}
 
     @staticmethod
     def dir_name(step: int) -> str:

@@ -2,10 +2,10 @@
 
 One `PolicyEngine` per process (torchrun rank, or a single process as world size 1). A step:
 
-    denom = LossDenominator.build(samples, agg_mode, world=world)      # once, all ranks
-    mbs = [pack_units(units_of(mb)) for mb in plan[rank]]              # same count on every rank (packing.py)
-    for mb in mbs: mb.old_logprobs = engine.old_logprobs(mb)           # only when ppo_epochs > 1 or KL (see forward_backward)
-    stats = sum((engine.forward_backward(mb, denom) for mb in mbs), PolicyLossStats())
+    batch = plan_step(groups, engine.sp, world.size, max_tokens, share_prompt)   # same count on every rank (packing.py)
+    denom = LossDenominator.build(batch.counted, agg_mode, world=world)          # once, all ranks
+    replay_metrics = engine.prepare_old_logprobs(batch.micro_batches, ppo_epochs=1)  # a pass only where needed
+    stats = sum((engine.forward_backward(mb, denom) for mb in batch.micro_batches), PolicyLossStats())
     step_stats = engine.optimizer_step()
 
 The model is built sharded from the start: `HfDeepSpeedConfig` is created before `from_pretrained`,
@@ -39,8 +39,8 @@ from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, T
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.loss import LossDenominator, LossInputs, PolicyLossStats, loss_stats, policy_loss
 from golong.world import World, init_world
-from golong.trainer.router_replay import RouterReplay
-from golong.trainer.router_replay import forward_kwargs as replay_kwargs
+from golong.replay.trainer import RouterReplay, router_metrics
+from golong.replay.trainer import forward_kwargs as replay_kwargs
 
 
 @dataclass
@@ -268,7 +268,7 @@ class PolicyEngine:
     def _inputs(self, mb: PackedMicroBatch) -> dict:
         return dict(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens,
                     max_seqlen=mb.max_seqlen, cu_segments=mb.cu_segments, logit_positions=mb.logit_positions,
-                    labels=mb.labels, routes=mb.routes, routes_counted=mb.routes_counted)
+                    labels=mb.labels, **mb.extras)  # MoE router replay: routes, routes_counted
 
     def _run(self, engine, mb: PackedMicroBatch, **kwargs):
         """`engine`'s per-token outputs for the whole micro-batch, each (R,). [SP] With sequence
@@ -290,6 +290,19 @@ class PolicyEngine:
         if self.ref_engine is None:
             raise RuntimeError("no reference model: it is built only when loss.kl_coef > 0")
         return self._run(self.ref_engine, mb.to(self.device))
+
+    def prepare_old_logprobs(self, micro_batches: list[PackedMicroBatch], ppo_epochs: int) -> dict[str, float]:
+        """Stage 6: old (and reference) log-probs by a separate no-grad pass, only when the update's first
+        forward cannot give them: more than one update per batch, a KL reference, or MoE routes from the
+        rollout (that pass is the one rollout/router_agreement is measured on). Otherwise forward_backward
+        records its own, detached. Returns the router metrics (collective; {} without MoE routes)."""
+        with_routes = any(mb.extras for mb in micro_batches)
+        if ppo_epochs > 1 or self.loss_cfg.kl_coef or with_routes:
+            for mb in micro_batches:
+                mb.old_logprobs = self.old_logprobs(mb)
+                if self.loss_cfg.kl_coef:
+                    mb.ref_logprobs = self.ref_logprobs(mb)
+        return router_metrics(self.ds_engine.module.router_replay, self.world)
 
     def forward_backward(self, mb: PackedMicroBatch, denom: LossDenominator) -> PolicyLossStats:
         """Forward and backward of one micro-batch; gradients accumulate until `optimizer_step`.

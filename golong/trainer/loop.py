@@ -28,7 +28,7 @@ import os
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -43,15 +43,14 @@ from golong.data.sampler import PromptSampler
 from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
-from golong.trainer import sequence_parallel
-from golong.trainer.batch import TrainSample, pack_units, unit_num_tokens
-from golong.trainer.checkpoint import PER_NODE, Checkpointer, RunState, folder_layout
+from golong.trainer.batch import Group
+from golong.trainer.checkpoint import Checkpointer, RunState
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.export import export_hf
 from golong.trainer.loss import LossDenominator, PolicyLossStats, resolve_agg_mode
 from golong.trainer.metrics import MetricsLogger, PhaseTimer
-from golong.trainer.packing import plan_micro_batches, plan_units
-from golong.trainer.router_replay import configure_router_replay, router_metrics
+from golong.trainer.packing import StepBatch, plan_step
+from golong.replay.trainer import RouteExtras, configure_router_replay
 from golong.trainer.validate import Validator
 from golong.world import World, init_world
 
@@ -94,36 +93,21 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     with timer.phase("advantage"):
         advantages = run.estimator(rollouts.rewards, rollouts.group_index, rollouts.task_index)
 
-    # 5. prompt-once units (a group's prompt and responses), this rank's share in token-budget micro-batches
-    samples = to_train_samples(run, rollouts, advantages)
-    sp = policy.sp  # [SP] planned over SP groups; every rank of a group gets its group's micro-batches
-    max_tokens = cfg.trainer.micro_batch_max_tokens * sp.size  # one row of an SP group
-    units = plan_units(samples, max_tokens, cfg.trainer.share_prompt)
-    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, sp.dp_size)
-    if rollouts.routes is not None:  # MoE router replay: this rank's samples get their routes
-        samples = with_routes(run, rollouts, samples, units, plan)
-    my_samples = [samples[i] for mb in plan[sp.dp_rank] for u in mb for i in units[u]]
-    micro_batches = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[sp.dp_rank]]
+    # 5. the step's prompt groups -> prompt-once units -> this rank's (SP group's) token-budget micro-batches
+    groups = Group.from_rollouts(rollouts, run.data.prompts, advantages, cfg.rollout.overlong_mask)
+    batch = plan_step(groups, policy.sp, world.size, cfg.trainer.micro_batch_max_tokens, cfg.trainer.share_prompt,
+                      extras=route_extras(run, rollouts))  # MoE router replay: the routes of this rank's units
 
-    # 6. old log-probs: a separate pass only when the update's first forward cannot give them (more than
-    # one update per batch, or a KL reference); otherwise forward_backward records its own, detached
-    # (MoE with rollout routes: also kept, it is the no-grad forward rollout/router_agreement is measured on)
+    # 6. old log-probs: a separate pass only where the update's first forward cannot give them
     with timer.phase("old_logprobs"):
-        if cfg.algorithm.ppo_epochs > 1 or cfg.algorithm.loss.kl_coef or rollouts.routes is not None:
-            for mb in micro_batches:
-                mb.old_logprobs = policy.old_logprobs(mb)
-                if cfg.algorithm.loss.kl_coef:
-                    mb.ref_logprobs = policy.ref_logprobs(mb)
-    replay_metrics = router_metrics(policy.ds_engine.module.router_replay)  # rollout/router_agreement
+        replay_metrics = policy.prepare_old_logprobs(batch.micro_batches, cfg.algorithm.ppo_epochs)
 
     # 7. update: the step's loss denominator is fixed once, over all micro-batches and ranks
-    denom = LossDenominator.build(sequence_parallel.counted_once(my_samples, sp), run.agg_mode,  # [SP] once per group
-                                  run.constant_norm_length, world=world)
-    loss_stats = PolicyLossStats()  # summed over the epochs' micro-batches
-    skipped = 0  # updates discarded by the non-finite guard (PolicyEngine.optimizer_step)
+    denom = LossDenominator.build(batch.counted, run.agg_mode, run.constant_norm_length, world=world)
+    loss_stats, skipped = PolicyLossStats(), 0  # summed over the epochs' micro-batches; non-finite updates
     with timer.phase("update"):
         for _ in range(cfg.algorithm.ppo_epochs):
-            for mb in micro_batches:
+            for mb in batch.micro_batches:
                 loss_stats = loss_stats + policy.forward_backward(mb, denom)
             step_stats = policy.optimizer_step()
             skipped += step_stats.skipped_steps
@@ -132,20 +116,9 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     with timer.phase("sync"):
         sync = run.rollout.update_weights(policy.module)  # wake_up_weights -> sync_weights -> wake_up_kv_cache
 
-    return {
-        **reward_metrics(run, sampled),
-        **collected,
-        "batch/trained_prompts": float(rollouts.num_groups),
-        "batch/trained_responses": float(len(rollouts)),
-        **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
-        **{f"actor/{k}": v for k, v in loss_stats.all_reduce(world).metrics().items()},
-        **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
-        "actor/skipped_steps": float(skipped),
-        "actor/prompt_reuse": len(samples) / max(len(units), 1),  # responses per prompt pass (1.0: one sequence each)
-        "rollout/logprob_abs_diff": step_logprob_abs_diff(run, micro_batches),
-        **replay_metrics,
-        "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20,
-    }
+    return {**reward_metrics(run, sampled), **collected, **replay_metrics,
+            **update_metrics(run, rollouts, batch, loss_stats.all_reduce(world), step_stats, skipped),
+            "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20}
 
 
 def collect_rollouts(run: Run) -> StepRollouts:
@@ -158,35 +131,12 @@ def collect_rollouts(run: Run) -> StepRollouts:
                                       step=run.sampler.batches_drawn)  # seeds: unique per step, resumable
 
 
-def to_train_samples(run: Run, rollouts: Rollouts, advantages: torch.Tensor) -> list[TrainSample]:
-    """One TrainSample per response: exactly the sampled token ids (never decoded and re-encoded);
-    group_id is the step's prompt group, which prompt-once packing and group-token-mean read."""
-    overlong_mask = run.cfg.rollout.overlong_mask
-    return [
-        TrainSample(
-            prompt_ids=run.data.prompts[row],
-            response_ids=rollouts.response_ids[i].tolist(),
-            advantage=float(advantages[i]),
-            rollout_logprobs=torch.from_numpy(rollouts.rollout_logprobs[i]),
-            loss_weight=0.0 if overlong_mask and rollouts.truncated[i] else 1.0,
-            group_id=int(rollouts.group_index[i]),
-        )
-        for i, row in enumerate(rollouts.example_index)
-    ]
-
-
-def with_routes(run: Run, rollouts: Rollouts, samples: list[TrainSample], units: list[list[int]],
-                plan: list[list[list[int]]]) -> list[TrainSample]:
-    """Router replay: `samples` with the MoE routes of those this rank trains, fetched from the ranks that
-    generated them (the others keep none). Every rank knows every rank's share: plan[dp_rank] for its SP group."""
-    sp = run.policy.sp
-    trains = [[i for mb in plan[sequence_parallel.sp_layout(run.world.size, r, sp.size).dp_rank] for u in mb
-               for i in units[u]] for r in range(run.world.size)]
-    arrays = run.collector.fetch_routes([[rollouts.routes[i] for i in idx] for idx in trains])
-    samples = list(samples)
-    for i, routes in zip(trains[run.world.rank], arrays):
-        samples[i] = replace(samples[i], routes=torch.from_numpy(routes))
-    return samples
+def route_extras(run: Run, rollouts: Rollouts) -> RouteExtras | None:
+    """MoE router replay's planner hook: each rank's units' routes, fetched point to point from the ranks
+    that generated them (None without routes)."""
+    if rollouts.routes is None:
+        return None
+    return RouteExtras(rollouts.routes, run.collector.fetch_routes, run.world.rank)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +170,21 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
             metrics[f"reward/{name}/mean"] = rewards[of_task].mean().item()
             metrics[f"reward/{name}/pass_rate"] = passed[of_task].mean().item()
     return metrics
+
+
+def update_metrics(run: Run, rollouts: Rollouts, batch: StepBatch, loss_stats: PolicyLossStats,
+                   step_stats, skipped: int) -> dict[str, float]:
+    """What was trained and how the update went (loss_stats already summed over ranks)."""
+    return {
+        "batch/trained_prompts": float(rollouts.num_groups),
+        "batch/trained_responses": float(len(rollouts)),
+        **run.estimator.last_stats.as_metrics(dict(enumerate(run.data.tasks))),
+        **{f"actor/{k}": v for k, v in loss_stats.metrics().items()},
+        **{f"actor/{k}": float(v) for k, v in asdict(step_stats).items()},
+        "actor/skipped_steps": float(skipped),
+        "actor/prompt_reuse": batch.num_responses / max(batch.num_units, 1),  # responses per prompt pass (1.0: one each)
+        "rollout/logprob_abs_diff": step_logprob_abs_diff(run, batch.micro_batches),
+    }
 
 
 def step_logprob_abs_diff(run: Run, micro_batches) -> float:
@@ -313,14 +278,8 @@ def train(cfg: Config) -> None:
     world = init_world()
     out_dir = cfg.trainer.output_dir
     setup_console(os.path.join(out_dir, "logs"), world.rank, verbose=cfg.logging.verbose)
-    layout = folder_layout(out_dir, world)
-    if layout == PER_NODE:  # DeepSpeed: each node's first rank writes the shared parts into its own folder
-        cfg.trainer.deepspeed = {**cfg.trainer.deepspeed,
-                                 "checkpoint": {**cfg.trainer.deepspeed.get("checkpoint", {}), "use_node_local_storage": True}}
-        if world.is_main:
-            logger.info("trainer.output_dir is node-local: each node keeps its own ranks' checkpoint shards; "
-                        "config, metrics and hf/ are written on the first node")
-    checkpointer = Checkpointer(out_dir, cfg.trainer.keep_last, world, layout)
+    checkpointer = Checkpointer.for_run(out_dir, cfg.trainer.keep_last, world)  # shared or node-local folders
+    cfg.trainer.deepspeed = checkpointer.deepspeed_config(cfg.trainer.deepspeed)  # the storage option it needs
     latest = checkpointer.resume_point()  # rank 0 decides: every rank loads the same
     if latest and not cfg.trainer.resume:
         raise ConfigError(f"trainer.resume: false, but {out_dir} holds checkpoints of another run ({latest}); its "

@@ -15,7 +15,7 @@ micro-batches) or of its prompt group (whose token count the denominator holds, 
 micro-batches, prompt-once units and ranks). The gradients of the contributions therefore add up to the gradient of the step's
 loss however the batch is split; the engine undoes DeepSpeed's averaging over ranks (see engine.py).
 
-    denom = LossDenominator.build(samples_of_this_rank, "group-token-mean", world=world)  # collective, once a step
+    denom = LossDenominator.build(units_of_this_rank, "group-token-mean", world=world)  # collective, once a step
     group_index = denom.group_index(mb.group_ids, mb.loss_mask)       # on the host copy (None unless group-token-mean)
     tokens = LossInputs(logp=logp, old_logp=..., advantages=..., token_mask=..., seq_index=..., group_index=...)
     loss = policy_loss(tokens, cfg, icepop, denom.to(device))
@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from golong.trainer.batch import TrainSample
+from golong.trainer.batch import Group
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.world import World
 
@@ -57,7 +57,7 @@ class LossDenominator:
     vetoes still count (they contribute 0), as in IcePop's own objective, so the denominator is known
     before any log-prob is computed.
 
-    The group table is the one owner of the map from TrainSample.group_id to a dense group index:
+    The group table is the one owner of the map from Group.group_id to a dense group index:
     `group_index` applies it to a micro-batch's tokens, `aggregation_weights` indexes `group_tokens` with it.
     """
 
@@ -67,31 +67,31 @@ class LossDenominator:
     group_tokens: torch.Tensor | None = None  # (G,) float64 group-token-mean: response tokens (in the loss) of group index g
 
     @classmethod
-    def build(cls, samples: list[TrainSample], agg_mode: str, constant_norm_length: int = 0, *,
+    def build(cls, units: list[Group], agg_mode: str, constant_norm_length: int = 0, *,
               world: World) -> LossDenominator:
-        """From this rank's samples, summed over `world`'s ranks (a collective: every rank calls it).
+        """From this rank's units, summed over `world`'s ranks (a collective: every rank calls it).
         A group split over micro-batches, units or ranks counts once."""
         if agg_mode not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {agg_mode!r}; valid: {', '.join(AGG_MODES)} "
                              "(resolve 'auto' with resolve_agg_mode first)")
         if agg_mode == "constant-norm" and constant_norm_length < 1:
             raise ValueError("constant-norm needs constant_norm_length >= 1 (Dr.GRPO's L, e.g. the max response length)")
-        counted = [s for s in samples if s.in_loss]
+        counted = [(u.group_id, int(n)) for u in units for n in u.response_lengths[u.in_loss]]  # (group, tokens)
         if agg_mode == "group-token-mean":
             return cls._group_token_mean(counted, world)
-        tokens, sequences = world.all_reduce_sum([sum(len(s.response_ids) for s in counted), len(counted)])
+        tokens, sequences = world.all_reduce_sum([sum(n for _, n in counted), len(counted)])
         value = {"token-mean": tokens, "seq-mean-token-mean": sequences,
                  "constant-norm": sequences * constant_norm_length}[agg_mode]
         return cls(agg_mode, max(value, 1.0))  # a step with nothing to learn from gives loss 0, not 0/0
 
     @classmethod
-    def _group_token_mean(cls, counted: list[TrainSample], world: World) -> LossDenominator:
-        if any(s.group_id is None for s in counted):
-            raise ValueError("algorithm.loss.agg_mode=group-token-mean needs every TrainSample's group_id "
+    def _group_token_mean(cls, counted: list[tuple[int, int]], world: World) -> LossDenominator:
+        if any(group < 0 for group, _ in counted):
+            raise ValueError("algorithm.loss.agg_mode=group-token-mean needs every Group's group_id "
                              "(which prompt group it belongs to)")
         local: dict[int, float] = {}
-        for s in counted:
-            local[s.group_id] = local.get(s.group_id, 0.0) + len(s.response_ids)
+        for group, tokens in counted:
+            local[group] = local.get(group, 0.0) + tokens
         group_tokens: dict[int, float] = {}
         for part in world.all_gather_objects(local):
             for group, tokens in part.items():
@@ -278,7 +278,7 @@ def policy_loss(tokens: LossInputs, cfg: PolicyLossConfig, icepop_cfg: IcePopCon
     """
     if icepop_cfg.mode != "off" and tokens.rollout_logp is None:
         raise ValueError(f"icepop.mode={icepop_cfg.mode!r} needs the rollout engine's log-probs of every response "
-                         "(TrainSample.rollout_logprobs); set icepop.mode=off to train without them")
+                         "(Group.rollout_logprobs); set icepop.mode=off to train without them")
     if cfg.kl_coef and tokens.ref_logp is None:
         raise ValueError("loss.kl_coef > 0 needs the reference model's log-probs (PackedMicroBatch.ref_logprobs)")
     if cfg.entropy_coef and tokens.entropy is None:

@@ -12,20 +12,24 @@ sequences are packed by a token budget instead, in two greedy passes:
    the engine runs as zero-weight fillers.
 
 With prompt-once training (`trainer.share_prompt`) the things packed are units, not sequences: a unit
-is one prompt and some or all of its responses (`plan_units`), and `plan_micro_batches` balances the
-units' token counts over ranks and micro-batches exactly as it balances sequences.
+is one prompt and some or all of its responses (`plan_units`: Groups again, sharing the prompt view), and
+`plan_micro_batches` balances the units' token counts over ranks and micro-batches exactly as it
+balances sequences. `plan_step` is the whole stage for one rank:
 
-    units = plan_units(samples, max_tokens, share_prompt=True)                # lists of sample indices
-    plan = plan_micro_batches([unit_num_tokens([samples[i] for i in u]) for u in units], max_tokens, dp_size)
-    mbs = [pack_units([[samples[i] for i in units[u]] for u in mb]) for mb in plan[rank]]
+    units = plan_units(groups, max_tokens, share_prompt=True)                 # list[Group]
+    plan = plan_micro_batches([u.num_tokens for u in units], max_tokens, dp_size)
+    mbs = [pack_groups([units[u] for u in mb]) for mb in plan[dp_rank]]
 """
 from __future__ import annotations
 
 import heapq
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from golong.trainer.batch import TrainSample, unit_num_tokens
+from golong.trainer.batch import Group, PackedMicroBatch, pack_groups
+from golong.trainer.sequence_parallel import SPLayout, sp_layout
 
 
 def _balance_ranks(lengths: Sequence[int], dp_size: int) -> list[list[int]]:
@@ -83,33 +87,67 @@ def plan_micro_batches(lengths: Sequence[int], max_tokens: int, dp_size: int) ->
     return [sorted((sorted(mb) for mb in plan), key=lambda mb: -sum(lengths[i] for i in mb)) for plan in plans]
 
 
-def plan_units(samples: Sequence[TrainSample], max_tokens: int, share_prompt: bool = True) -> list[list[int]]:
-    """Prompt-once units: lists of indices into `samples`, each packed as [prompt, r_1, ..., r_k].
+def plan_units(groups: Sequence[Group], max_tokens: int, share_prompt: bool = True) -> list[Group]:
+    """Prompt-once units, each packed as [prompt, r_1, ..., r_k]: Groups sharing their group's prompt view.
 
-    share_prompt off: one unit per sample. On: the samples of one `group_id` (in order of first
-    appearance; samples without a group_id stay alone) form one unit when prompt + all responses fit
-    in `max_tokens`. A larger group is split into the fewest units that fit, each repeating the
-    prompt: its responses, longest first, go to the least-loaded unit with room for them (the same
-    greedy as micro-batches, with a budget of max_tokens - prompt length), so the units of a group
-    have similar sizes. A response that does not fit even beside its prompt alone gets a unit of its
-    own (oversized, like an oversized sequence). The prompt then runs ceil(group tokens / budget)
-    times or so, still far fewer than once per response.
+    share_prompt off: one unit per response. On: a group is one unit when prompt + all responses fit in
+    `max_tokens`. A larger group is split into the fewest units that fit, each repeating the prompt: its
+    responses, longest first, go to the least-loaded unit with room for them (the same greedy as
+    micro-batches, with a budget of max_tokens - prompt length), so the units of a group have similar
+    sizes. A response that does not fit even beside its prompt alone gets a unit of its own (oversized,
+    like an oversized sequence). The prompt then runs ceil(group tokens / budget) times or so, still far
+    fewer than once per response.
     """
     if not share_prompt:
-        return [[i] for i in range(len(samples))]
-    groups: dict[object, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(("group", s.group_id) if s.group_id is not None else ("alone", i), []).append(i)
+        return [unit for g in groups for unit in g.split()]
     units = []
-    for members in groups.values():
-        prompt = samples[members[0]].prompt_ids
-        if any(samples[i].prompt_ids != prompt for i in members[1:]):
-            raise ValueError(f"samples of group_id {samples[members[0]].group_id} have different prompt_ids")
-        if unit_num_tokens([samples[i] for i in members]) <= max_tokens:
-            units.append(members)
+    for group in groups:
+        if group.num_tokens <= max_tokens:
+            units.append(group)
             continue
-        budget = max(max_tokens - len(prompt), 1)
-        lengths = [max(len(samples[i].response_ids), 1) for i in members]
-        bins = plan_micro_batches(lengths, budget, 1)[0]
-        units += [[members[k] for k in sorted(b)] for b in bins if b]
+        budget = max(max_tokens - len(group.prompt_ids), 1)
+        bins = plan_micro_batches(list(group.response_lengths.clip(min=1)), budget, 1)[0]
+        units += [group.select(sorted(b)) for b in bins if b]
     return units
+
+
+class RowExtras(Protocol):
+    """Per-row-token inputs beside the tokens (MoE router replay's routes: golong/replay/trainer.py),
+    the planner's one hook. `fetch` gets every rank's units (a collective: every rank calls it), `pack`
+    a micro-batch's units, laid out like their tokens."""
+
+    def fetch(self, units_per_rank: list[list[Group]]) -> None: ...
+
+    def pack(self, units: list[Group]) -> dict: ...
+
+
+@dataclass
+class StepBatch:
+    """This rank's share of the step, packed."""
+
+    micro_batches: list[PackedMicroBatch]  # K of them, K equal on every rank (fillers where a rank has less)
+    units: list[Group]  # this rank's units, in micro-batch order
+    counted: list[Group]  # the units a sum over ranks counts (SP: only on an SP group's first rank)
+    num_units: int  # units of the whole step (every rank)
+    num_responses: int  # responses of the whole step
+
+
+def plan_step(groups: list[Group], layout: SPLayout, world_size: int, max_tokens_per_rank: int,
+              share_prompt: bool, extras: RowExtras | None = None) -> StepBatch:
+    """Stage 5 of a step for this rank: every rank plans the same (same groups), takes its SP group's
+    micro-batches and packs them. An SP group's row holds sp x max_tokens_per_rank tokens, and every
+    rank of the group gets the group's micro-batches."""
+    max_tokens = max_tokens_per_rank * layout.size
+    units = plan_units(groups, max_tokens, share_prompt)
+    plan = plan_micro_batches([u.num_tokens for u in units], max_tokens, layout.dp_size)
+    mine = [[units[u] for u in mb] for mb in plan[layout.dp_rank]]
+    micro_batches = [pack_groups(mb) for mb in mine]
+    if extras is not None:  # e.g. routes point to point from the ranks that generated them
+        extras.fetch([[units[u] for mb in plan[sp_layout(world_size, r, layout.size).dp_rank] for u in mb]
+                      for r in range(world_size)])
+        for mb, mb_units in zip(micro_batches, mine):
+            if mb_units:
+                mb.extras = extras.pack(mb_units)
+    flat = [u for mb in mine for u in mb]
+    return StepBatch(micro_batches=micro_batches, units=flat, counted=flat if layout.counts_once else [],
+                     num_units=len(units), num_responses=sum(len(g) for g in groups))

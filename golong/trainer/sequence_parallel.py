@@ -134,12 +134,6 @@ def sp_layout(world_size: int, rank: int, sp: int, group=None) -> SPLayout:
     return SPLayout(size=sp, rank=rank % sp, dp_size=world_size // sp, dp_rank=rank // sp, group=group)
 
 
-def counted_once(items: list, layout: SPLayout) -> list:
-    """`items` on the group's first rank, [] on the others: a sum over all ranks then counts each
-    SP group once, not sp times (e.g. the step's loss denominator over the group's shared samples)."""
-    return list(items) if layout.counts_once else []
-
-
 # ------------------------------------------------------------------------------------------------
 # DeepSpeed: the Ulysses wrapper, its mpu, the gradient scale
 
@@ -225,7 +219,7 @@ def pad_inputs(inputs: dict, multiple: int) -> dict:
         cu_segments[-1] += pad
         padded["cu_segments"] = cu_segments
     if inputs.get("routes") is not None:  # router replay: fillers get placeholder experts, never counted
-        from golong.trainer.router_replay import unrouted_placeholder
+        from golong.replay.trainer import unrouted_placeholder
 
         padded["routes"] = torch.cat([inputs["routes"], unrouted_placeholder(inputs["routes"], pad)])
         padded["routes_counted"] = torch.cat([inputs["routes_counted"], inputs["routes_counted"].new_zeros(pad)])

@@ -10,7 +10,7 @@ import sys
 import torch.distributed as dist
 
 from engine_common import random_samples, tiny_engine, train_two_steps_and_save
-from golong.trainer.batch import pack
+from golong.trainer.batch import pack_groups
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 
 MODEL_DIR, OUT_FILE = sys.argv[1], sys.argv[2]
@@ -26,5 +26,5 @@ rank, world = dist.get_rank(), dist.get_world_size()
 samples = random_samples(SHAPES, seed=3, rollout_noise=0.5)
 my_batches = SPLITS[world][rank]
 my_samples = [samples[i] for mb in my_batches for i in mb]
-micro_batches = [pack([samples[i] for i in mb]) for mb in my_batches]
+micro_batches = [pack_groups([samples[i] for i in mb]) for mb in my_batches]  # one sequence per sample
 train_two_steps_and_save(engine, micro_batches, my_samples, "seq-mean-token-mean", OUT_FILE)

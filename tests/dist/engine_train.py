@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from engine_common import gathered_weights, random_samples, tiny_engine
-from golong.trainer.batch import pack
+from golong.trainer.batch import pack_groups
 from golong.trainer.config import IcePopConfig, PolicyLossConfig
 from golong.trainer.loss import LossDenominator, PolicyLossStats
 from golong.world import current_world
@@ -27,7 +27,7 @@ rank, world = dist.get_rank(), dist.get_world_size()
 samples = random_samples(SHAPES, seed=5, rollout_noise=0.05)
 plan = plan_micro_batches([s.num_tokens for s in samples], max_tokens=24, dp_size=world)
 my_samples = [samples[i] for mb in plan[rank] for i in mb]
-micro_batches = [pack([samples[i] for i in mb]) for mb in plan[rank]]
+micro_batches = [pack_groups([samples[i] for i in mb]) for mb in plan[rank]]  # one sequence per sample
 for mb in micro_batches:
     mb.old_logprobs = engine.old_logprobs(mb)
     mb.ref_logprobs = engine.ref_logprobs(mb)

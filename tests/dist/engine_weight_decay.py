@@ -8,7 +8,7 @@ import sys
 import torch
 
 from engine_common import gathered_weights, random_samples
-from golong.trainer.batch import pack
+from golong.trainer.batch import pack_groups
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.loss import LossDenominator
@@ -20,7 +20,7 @@ engine = PolicyEngine(ModelConfig(path=MODEL_DIR), TrainerConfig(lr=LR, weight_d
                       PolicyLossConfig(), IcePopConfig(mode="off"), 1.0)
 before = gathered_weights(engine.module)
 samples = random_samples([(5, 7, 0.0), (3, 4, 0.0)], seed=0)  # advantage 0: the loss has no gradient
-engine.forward_backward(pack(samples), LossDenominator.build(samples, "token-mean", world=engine.world))
+engine.forward_backward(pack_groups(samples), LossDenominator.build(samples, "token-mean", world=engine.world))
 engine.optimizer_step()
 after = gathered_weights(engine.module)
 torch.save({"before": before, "after": after, "lr": LR, "weight_decay": WEIGHT_DECAY}, OUT_FILE)

@@ -20,13 +20,12 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
 
-from engine_common import gathered_weights, random_samples
-from golong.trainer.batch import pack_units
+from engine_common import gathered_weights, one_group, random_samples
+from golong.trainer.batch import pack_groups
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.world import init_world
 from golong.trainer.engine import PolicyEngine
 from golong.trainer.loss import LossDenominator, PolicyLossStats
-from golong.trainer.sequence_parallel import counted_once
 
 MODEL_DIR, OUT_FILE, SP = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ZERO_STAGE = int(sys.argv[4]) if len(sys.argv) > 4 else 3
@@ -42,16 +41,23 @@ engine = PolicyEngine(ModelConfig(path=MODEL_DIR),
                       LOSS, ICEPOP, temperature=0.9)
 layout = engine.sp
 samples = random_samples(SHAPES, seed=5, rollout_noise=0.7)
-for i in (7, 8):  # one prompt group, packed prompt-once
-    samples[i].prompt_ids = samples[6].prompt_ids
+
+
+def unit_of(indices):
+    """A unit of samples: one sample as it is; several as one prompt group under the first one's prompt
+    (6-8: packed prompt-once)."""
+    return samples[indices[0]] if len(indices) == 1 else one_group([samples[i] for i in indices])
+
+
 # the global micro-batches spread over the SP groups (dp = world / sp) with the same planner shape as
 # the loop: group g gets micro-batches g, g + dp, ... (plus fillers so every group runs as many)
 per_group = [MICRO_BATCHES[g::layout.dp_size] for g in range(layout.dp_size)]
 count = max(map(len, per_group))
 mine = per_group[layout.dp_rank] + [[]] * (count - len(per_group[layout.dp_rank]))
-micro_batches = [pack_units([[samples[i] for i in unit] for unit in mb]) for mb in mine]
+my_units = [[unit_of(unit) for unit in mb] for mb in mine]
+micro_batches = [pack_groups(units) for units in my_units]
+my_units = [u for units in my_units for u in units]
 mine = [[i for unit in mb for i in unit] for mb in mine]  # each micro-batch's samples, in row order
-my_samples = [samples[i] for mb in mine for i in mb]
 
 
 def per_sample(values, mb_indices, mb):
@@ -70,7 +76,8 @@ for indices, mb in zip(mine, micro_batches):
 
 history, grads = [], None
 for step in range(2):  # the second step reuses the first one's old log-probs: ratios move off 1
-    denom = LossDenominator.build(counted_once(my_samples, layout), LOSS.agg_mode, world=engine.world)
+    # [SP] the SP group's units counted once: on its first rank only
+    denom = LossDenominator.build(my_units if layout.counts_once else [], LOSS.agg_mode, world=engine.world)
     stats = sum((engine.forward_backward(mb, denom) for mb in micro_batches), PolicyLossStats()).all_reduce(engine.world)
     if step == 0:
         grads = {n: safe_get_full_grad(p).detach().clone().cpu() for n, p in engine.module.named_parameters()}

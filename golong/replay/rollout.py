@@ -1,5 +1,5 @@
 """The experts the rollout engine routed each token to, for router replay (R3; the trainer side is
-golong/trainer/router_replay.py).
+golong/replay/trainer.py).
 
 A response's routes are a (P + R - 1, L, k) array: for each prompt and response token but the last
 sampled one (which is never fed back to the model, so never routed), for each of the model's L
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from golong.trainer.router_replay import route_dtype
+from golong.replay.trainer import route_dtype
 
 VLLM_API, IN_PROCESS_RECORDER = "vllm_api", "in_process_recorder"
 

@@ -30,10 +30,13 @@ layers (vLLM's layout; rows of non-MoE layers are ignored), the k experts, in a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from golong.world import World
 
 ROUTES_KWARG = "golong_router_replay"  # the decoder forward kwarg that carries a `Replay`
 
@@ -47,40 +50,58 @@ def route_dtype(num_experts: int) -> torch.dtype:
     return torch.int32
 
 
-def check_sample_routes(routes: torch.Tensor | None, num_tokens: int) -> None:
-    """A TrainSample's routes: (num_tokens - 1, L, k), the last sampled token was never routed."""
-    if routes is not None and (routes.dim() != 3 or routes.shape[0] != num_tokens - 1):
-        raise ValueError(f"routes have shape {tuple(routes.shape)}, expected ({num_tokens - 1}, layers, top_k): "
-                         "one row per prompt and response token but the last (which the rollout never routed)")
+class RouteExtras:
+    """The planner's row extras for router replay (golong/trainer/packing.py `RowExtras`): the routes of
+    the units each rank trains, fetched from the ranks that generated them (`fetch_arrays`, the
+    collector's point-to-point `fetch_routes`), then laid out like the tokens of a micro-batch's units.
+    The core types know nothing of routes: a unit's responses are found by `Group.response_index`."""
+
+    def __init__(self, refs: list, fetch_arrays: Callable[[list[list]], list], rank: int):
+        self.refs = refs  # (N,) where each of the step's responses' routes live (Rollouts.routes)
+        self.fetch_arrays = fetch_arrays  # needed refs per rank -> this rank's arrays, in its order (collective)
+        self.rank = rank
+        self.routes: dict[int, torch.Tensor] = {}  # response index -> (P+R-1, L, k), for this rank's units
+
+    def fetch(self, units_per_rank: list[list]) -> None:
+        needed = [[int(i) for unit in units for i in unit.response_index] for units in units_per_rank]
+        arrays = self.fetch_arrays([[self.refs[i] for i in idx] for idx in needed])
+        self.routes = {i: torch.as_tensor(a) for i, a in zip(needed[self.rank], arrays, strict=True)}
+
+    def pack(self, units: list) -> dict[str, torch.Tensor]:
+        routes, counted = pack_unit_routes(units, self.routes)
+        return {"routes": routes, "routes_counted": counted}
 
 
-def pack_unit_routes(units: list[list]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-    """(routes (T, L, k), counted (T,) bool): the routes of prompt-once units (lists of TrainSamples sharing
-    a prompt) laid out like their tokens in the packed row (golong/trainer/batch.py), and which of them the
-    rollout really routed; (None, None) if no sample has routes.
+def pack_unit_routes(units: list, routes_of: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(routes (T, L, k), counted (T,) bool): the routes of prompt-once units (Groups) laid out like their
+    tokens in the packed row (golong/trainer/batch.py), and which of them the rollout really routed.
+    `routes_of[i]` holds response i's routes (i: Group.response_index).
 
-    A sample's routes cover its prompt and all but its last response token (P+R-1 rows). A unit's row
-    holds the prompt once (its routes taken from the unit's first sample: vLLM computed that prompt once
-    for the whole group) and then each response: its R-1 routed tokens and, for its last token, experts
+    A response's routes cover its prompt and all but its last token (P+R-1 rows). A unit's row holds the
+    prompt once (its routes taken from the unit's first response: vLLM computed that prompt once for
+    the whole group) and then each response: its R-1 routed tokens and, for its last token, experts
     0..k-1. That token was never routed by the rollout, and its MoE output is never read (its hidden state
     predicts no trained token and no later token of its response attends to it), so any valid choice
     gives the same log-probs; `counted` keeps it out of the agreement counts.
     """
-    samples = [s for unit in units for s in unit]
-    if all(s.routes is None for s in samples):
-        return None, None
-    if any(s.routes is None for s in samples):
-        raise ValueError("some samples of a micro-batch have routes and some do not: with router replay every "
-                         "rollout sample needs its routes")
     rows, counted = [], []
     for unit in units:
-        prompt_len = len(unit[0].prompt_ids)
-        rows.append(unit[0].routes[:prompt_len])
-        counted.append(torch.ones(prompt_len, dtype=torch.bool))
-        for s in unit:
-            if s.response_ids:
-                rows += [s.routes[prompt_len:], unrouted_placeholder(s.routes, 1)]
-                counted += [torch.ones(len(s.response_ids) - 1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)]
+        prompt_len = len(unit.prompt_ids)
+        for n, (i, response) in enumerate(zip(unit.response_index.tolist(), unit.response_ids)):
+            if i not in routes_of:
+                raise ValueError(f"response {i} of a micro-batch has no routes: with router replay every rollout "
+                                 "response needs its routes")
+            routes = routes_of[i]
+            if routes.dim() != 3 or routes.shape[0] != prompt_len + len(response) - 1:
+                raise ValueError(f"routes have shape {tuple(routes.shape)}, expected ({prompt_len + len(response) - 1}, "
+                                 "layers, top_k): one row per prompt and response token but the last (which the "
+                                 "rollout never routed)")
+            if n == 0:
+                rows.append(routes[:prompt_len])
+                counted.append(torch.ones(prompt_len, dtype=torch.bool))
+            if len(response):
+                rows += [routes[prompt_len:], unrouted_placeholder(routes, 1)]
+                counted += [torch.ones(len(response) - 1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)]
     return torch.cat(rows), torch.cat(counted)
 
 
@@ -108,11 +129,9 @@ class RouterAgreement:
         return counts
 
 
-def global_agreement(agreement: RouterAgreement) -> float:
+def global_agreement(agreement: RouterAgreement, world: World) -> float:
     """rollout/router_agreement over every rank's counted choices (and reset the counts); nan if none."""
-    from golong.world import current_world
-
-    matches, total = current_world().all_reduce_sum(list(agreement.pop()))
+    matches, total = world.all_reduce_sum(list(agreement.pop()))
     return matches / total if total > 0 else float("nan")
 
 
@@ -284,12 +303,12 @@ def configure_router_replay(replay: RouterReplay | None, rollout_cfg) -> None:
         replay.apply = rollout_cfg.router_replay
 
 
-def router_metrics(replay: RouterReplay | None) -> dict[str, float]:
+def router_metrics(replay: RouterReplay | None, world: World) -> dict[str, float]:
     """`rollout/router_agreement`: share of (token, MoE layer) choices of the step where the trainer's own
     top-k set equals the rollout's, counted in the old-log-prob forwards (no grad; weights as at
     sampling; with replay on, each layer's input has gone through the replayed experts of the layers
     below). Collective. Empty when nothing was measured (no routes, no MoE)."""
     if replay is None:
         return {}
-    value = global_agreement(replay.agreement)
+    value = global_agreement(replay.agreement, world)
     return {} if math.isnan(value) else {"rollout/router_agreement": value}
