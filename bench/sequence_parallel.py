@@ -104,11 +104,11 @@ def worker(model_dir: str, tokens: int, sp: int, out: str, explain: int = 0) -> 
                    response_ids=[torch.randint(0, 200, (response,), generator=g).numpy()], advantages=1.0)
     mb = pack_groups([sample])
     # [SP] the group's one sequence counted once, on its first rank
-    denom = LossDenominator.build([sample] if engine.sp.counts_once else [], "token-mean", world=engine.world)
+    denom = LossDenominator.build([sample] if engine.layout.counts_once else [], "token-mean", world=engine.world)
     engine.forward_backward(mb, denom)  # warm-up: AdamW's state is allocated by the first step
     engine.optimizer_step()
     if explain:
-        return explain_step(engine, mb, denom, f"{out}.{engine.sp.rank}", explain)
+        return explain_step(engine, mb, denom, f"{out}.{engine.layout.sp_rank}", explain)
     run, backward = engine._run, engine.ds_engine.backward
     memory = PhaseMemory()
     engine._run = memory.after("forward", run)
@@ -118,7 +118,7 @@ def worker(model_dir: str, tokens: int, sp: int, out: str, explain: int = 0) -> 
     engine.optimizer_step()
     memory.end("optimizer")
     seconds = time.perf_counter() - start
-    result = {"rank": engine.sp.rank + engine.sp.size * engine.sp.dp_rank, "sp": sp, "tokens": tokens,
+    result = {"rank": engine.layout.rank, "sp": sp, "tokens": tokens,
               "base": memory.base, "peak": memory.peak, "kept": memory.kept, "seconds": seconds}
     with open(f"{out}.{result['rank']}", "w") as f:
         json.dump(result, f)

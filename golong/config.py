@@ -14,6 +14,7 @@ from golong.model_check import check_model_path, model_load_errors
 from golong.rewards.config import RewardConfig
 from golong.rollout.config import RolloutConfig, check_router_replay
 from golong.trainer.config import AlgorithmConfig, LoggingConfig, ModelConfig, TrainerConfig
+from golong.world import ParallelLayout
 
 __all__ = ["Config", "ConfigError", "load_config", "to_dict"]
 
@@ -83,20 +84,8 @@ class Config:
 
     def validate_parallel_sizes(self, world: int | None) -> None:
         """Parallel sizes against the number of ranks, when it is known (torchrun sets WORLD_SIZE)."""
-        if world is None:
-            return
-        tp = self.rollout.tensor_parallel_size
-        if world % tp:
-            raise invalid("rollout.tensor_parallel_size", f"{tp} does not divide the {world} ranks of this run "
-                          "(vLLM carves tensor-parallel groups of consecutive ranks out of the world)",
-                          f"use a divisor of {world}, e.g. {max(d for d in range(1, world + 1) if world % d == 0 and d <= tp)}, "
-                          "or change --nproc_per_node/--nnodes")
-        sp = self.trainer.sequence_parallel_size
-        if world % sp:
-            raise invalid("trainer.sequence_parallel_size", f"{sp} does not divide the {world} ranks of this run "
-                          "(an SP group is that many consecutive ranks)",
-                          f"use a divisor of {world}, or change --nproc_per_node/--nnodes")
-
+        if world is not None:
+            ParallelLayout.check(world, self.rollout.tensor_parallel_size, self.trainer.sequence_parallel_size)
 
     @property
     def max_model_len(self) -> int:

@@ -499,7 +499,7 @@ def _sp_step(model_dir: str, sp: int) -> tuple[float, float]:
               Group(prompt_ids=ids(4), response_ids=[ids(11)], advantages=[-1.0], group_id=2),
               Group(prompt_ids=ids(6), response_ids=[ids(6)], advantages=[0.5], group_id=3)]
     # the global batch planned as a step plans it, with a budget of 2 units' tokens per row
-    batch = plan_step(groups, policy.sp, policy.world.size, max_tokens_per_rank=48 // sp, share_prompt=True)
+    batch = plan_step(groups, policy.layout, max_tokens_per_rank=48 // sp, share_prompt=True)
     denom = LossDenominator.build(batch.counted, "token-mean", world=policy.world)
     stats = PolicyLossStats()
     for mb in batch.micro_batches:

@@ -10,6 +10,13 @@
 Every component that needs to know its rank takes a `World` (the loop, the rollout collector, the
 checkpointer, the engines). Nothing else reads RANK/WORLD_SIZE from the environment.
 
+Where a rank sits in the parallel grids is one `ParallelLayout`, built once per run from the World and
+the config's sizes (`ParallelLayout.of(world, tp=rollout.tensor_parallel_size,
+sp=trainer.sequence_parallel_size)`) and passed to the engines and the planner:
+
+    layout.rollout_dp_rank, layout.leads_tp_group   # vLLM's TP groups: which share of the prompts, one copy kept
+    layout.dp_rank, layout.dp_size, layout.sp_rank  # the trainer's SP groups: which micro-batches, which shard
+
 vLLM's shutdown destroys the default process group (RolloutEngine.close); a RolloutEngine built after
 that (calibration's second model) first rejoins the world (`rejoin_world`): vLLM would otherwise make a
 group of its own tensor-parallel size and the ranks could not meet.
@@ -28,6 +35,77 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """This rank's place in the run's two grids, both of consecutive ranks: vLLM's tensor-parallel groups
+    (tp ranks generate one share of the prompts together) and the trainer's Ulysses sequence-parallel
+    groups (sp ranks train one row together). Sizes are checked once, here (`check`), which config
+    validation calls, so `--dry-run` names the key."""
+
+    world_size: int
+    rank: int
+    tp: int = 1  # rollout.tensor_parallel_size
+    sp: int = 1  # trainer.sequence_parallel_size
+    sp_group: object = None  # the SP process group, once the PolicyEngine has built it (None for sp = 1)
+
+    def __post_init__(self):
+        self.check(self.world_size, self.tp, self.sp)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
+
+    @staticmethod
+    def check(world_size: int, tp: int, sp: int) -> None:
+        """Both sizes positive and dividing the world; a ConfigError naming the key and the fix."""
+        from golong.configlib import invalid
+
+        for key, size, why in (("rollout.tensor_parallel_size", tp, "vLLM carves tensor-parallel groups of "
+                                "consecutive ranks out of the world"),
+                               ("trainer.sequence_parallel_size", sp, "an SP group is that many consecutive ranks")):
+            if size < 1 or world_size % size:
+                divisor = max(d for d in range(1, world_size + 1) if world_size % d == 0 and d <= max(size, 1))
+                raise invalid(key, f"{size} does not divide the {world_size} ranks of this run ({why})",
+                              f"use a divisor of {world_size}, e.g. {divisor}, or change --nproc_per_node/--nnodes")
+
+    @classmethod
+    def of(cls, world: World, tp: int = 1, sp: int = 1) -> ParallelLayout:
+        return cls(world_size=world.size, rank=world.rank, tp=tp, sp=sp)
+
+    # vLLM's tensor-parallel groups
+    @property
+    def rollout_dp_size(self) -> int:  # engines (TP groups): the prompts are dealt over them
+        return self.world_size // self.tp
+
+    @property
+    def rollout_dp_rank(self) -> int:  # this rank's TP group
+        return self.rank // self.tp
+
+    @property
+    def leads_tp_group(self) -> bool:  # the other ranks of its TP group get the same responses
+        return self.rank % self.tp == 0
+
+    # the trainer's sequence-parallel groups
+    @property
+    def sp_rank(self) -> int:  # this rank's shard of every row (0 .. sp-1)
+        return self.rank % self.sp
+
+    @property
+    def dp_size(self) -> int:  # SP groups: the data-parallel ranks micro-batches are planned over
+        return self.world_size // self.sp
+
+    @property
+    def dp_rank(self) -> int:  # this rank's SP group
+        return self.dp_rank_of(self.rank)
+
+    def dp_rank_of(self, rank: int) -> int:
+        """The SP group (data-parallel rank) of any rank of the world."""
+        return rank // self.sp
+
+    @property
+    def counts_once(self) -> bool:
+        """Whether this rank speaks for its SP group in sums over ranks (denominator, statistics)."""
+        return self.sp_rank == 0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 with the real PromptSampler (reaching the target, the round bound, resuming mid-epoch), the step count,
 and overlong masking."""
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +10,9 @@ import torch
 from golong.config import load_config
 from golong.data.sampler import PromptSampler
 from golong.rollout.collect import Rollouts, sample_step
-from golong.trainer.loop import estimated_total_steps, finished, round_size, to_train_samples
+from golong.data.prompts import PromptIds
+from golong.trainer.batch import Group
+from golong.trainer.loop import estimated_total_steps, finished, round_size
 
 
 def make_rollouts(groups, rewards, examples=None, truncated=None):
@@ -171,8 +172,9 @@ def test_total_epochs_ends_the_run_after_the_passes_really_drawn(tiny_model_path
 @pytest.mark.parametrize("overlong_mask", [False, True])
 def test_overlong_mask_leaves_truncated_responses_out_of_the_loss(overlong_mask, tiny_model_path):
     cfg = load_config("recipes/tiny-cpu.yaml", [f"model.path={tiny_model_path}", f"rollout.overlong_mask={str(overlong_mask).lower()}"])
-    run = SimpleNamespace(cfg=cfg, data=SimpleNamespace(prompts=[[5, 6], [7]]))
+    prompts = PromptIds(np.array([5, 6, 7], dtype=np.int32), np.array([0, 2, 3], dtype=np.int64))
     rollouts = make_rollouts([0, 0, 1], [1.0, 0.0, 1.0], examples=[0, 0, 1], truncated=[False, True, True])
-    samples = to_train_samples(run, rollouts, torch.tensor([0.5, -0.5, 0.0]))
-    assert [s.loss_weight for s in samples] == ([1.0, 0.0, 0.0] if overlong_mask else [1.0, 1.0, 1.0])
-    assert [s.prompt_ids for s in samples] == [[5, 6], [5, 6], [7]] and [s.advantage for s in samples] == [0.5, -0.5, 0.0]
+    groups = Group.from_rollouts(rollouts, prompts, torch.tensor([0.5, -0.5, 0.0]), cfg.rollout.overlong_mask)
+    assert [g.loss_weights.tolist() for g in groups] == ([[1.0, 0.0], [0.0]] if overlong_mask else [[1.0, 1.0], [1.0]])
+    assert [g.prompt_ids.tolist() for g in groups] == [[5, 6], [7]]
+    assert [g.advantages.tolist() for g in groups] == [[0.5, -0.5], [0.0]]

@@ -44,7 +44,7 @@ def sampled(engine):
 
 
 def test_engine_is_one_data_parallel_group_alone(engine):
-    assert (engine.dp_rank, engine.dp_size) == (0, 1)
+    assert (engine.layout.rollout_dp_rank, engine.layout.rollout_dp_size) == (0, 1)
 
 
 def test_responses_come_back_grouped_in_prompt_order(sampled):

@@ -85,7 +85,7 @@ def test_config_rejects_bad_values(key, value):
 
 
 def test_engine_rejects_a_tensor_parallel_size_the_world_cannot_hold():
-    with pytest.raises(ValueError, match="must divide the number of ranks"):
+    with pytest.raises(ValueError, match="rollout.tensor_parallel_size: 2 does not divide the 1 ranks"):
         RolloutEngine(RolloutConfig(tensor_parallel_size=2), "unused", max_model_len=100_000)
     with pytest.raises(ValueError, match="leaves no room for a prompt"):
         RolloutEngine(RolloutConfig(max_response_length=64), "unused", max_model_len=64)

@@ -230,7 +230,8 @@ def test_routes_shard_with_the_row_under_sequence_parallelism():
     """[SP] pad_inputs/shard_inputs split routes like input_ids; fillers get placeholder routes, never counted.
     Tested here at the sharding level; the SP equivalence test runs dense models (router replay and SP
     together on an MoE model have not run end to end)."""
-    from golong.trainer.sequence_parallel import SPLayout, pad_inputs, shard_inputs
+    from golong.trainer.sequence_parallel import pad_inputs, shard_inputs
+    from golong.world import ParallelLayout
 
     prompt, responses = [5, 9, 14], [[4, 8, 2], [6, 1]]
     group = Group(prompt_ids=prompt, response_ids=responses, advantages=1.0, group_id=0)
@@ -239,7 +240,7 @@ def test_routes_shard_with_the_row_under_sequence_parallelism():
     padded = pad_inputs(inputs(mb, routes), 3)  # 9 tokens: one filler
     assert padded["routes"].shape[0] == 9 and padded["routes_counted"].tolist() == [True] * 5 + [False, True, False, False]
     for rank in range(3):
-        shard = shard_inputs(padded, SPLayout(size=3, rank=rank, dp_size=1, dp_rank=0, group=None))
+        shard = shard_inputs(padded, ParallelLayout(world_size=3, rank=rank, sp=3))
         torch.testing.assert_close(shard.inputs["routes"], padded["routes"][3 * rank:3 * rank + 3])
         assert shard.inputs["routes_counted"].tolist() == padded["routes_counted"][3 * rank:3 * rank + 3].tolist()
         assert shard.inputs["input_ids"].shape[1] == shard.inputs["routes"].shape[0]

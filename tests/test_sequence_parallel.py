@@ -17,7 +17,8 @@ from golong.tiny_model import TinyModelSpec, build_tiny_model
 from golong.trainer.batch import Group, pack_groups
 from golong.trainer.config import TrainerConfig
 from golong.trainer.packing import plan_step
-from golong.trainer.sequence_parallel import check_heads, gradient_scale, pad_inputs, shard_inputs, sp_layout, valid_sizes
+from golong.trainer.sequence_parallel import check_heads, gradient_scale, pad_inputs, shard_inputs, valid_sizes
+from golong.world import ParallelLayout
 
 DIST = os.path.join(REPO, "tests", "dist")
 
@@ -35,7 +36,7 @@ def row_inputs(mb):
 
 def shards(mb, sp):
     padded = pad_inputs(row_inputs(mb), sp)
-    return [shard_inputs(padded, sp_layout(sp, rank, sp)) for rank in range(sp)]
+    return [shard_inputs(padded, ParallelLayout(world_size=sp, rank=rank, sp=sp)) for rank in range(sp)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,11 +92,11 @@ def test_padding_is_a_no_op_on_a_multiple_and_unpadded_rows_are_refused():
     inputs = row_inputs(pack_groups(samples((3, 3))))
     assert pad_inputs(inputs, 3) is inputs
     with pytest.raises(ValueError, match="pad it first"):
-        shard_inputs(inputs, sp_layout(4, 0, 4))
+        shard_inputs(inputs, ParallelLayout(world_size=4, rank=0, sp=4))
 
 
 def shards_of(inputs, sp):
-    return [shard_inputs(inputs, sp_layout(sp, rank, sp)) for rank in range(sp)]
+    return [shard_inputs(inputs, ParallelLayout(world_size=sp, rank=rank, sp=sp)) for rank in range(sp)]
 
 
 def test_unknown_row_kwargs_pass_through_every_shard_unchanged():
@@ -109,17 +110,28 @@ def test_unknown_row_kwargs_pass_through_every_shard_unchanged():
 
 
 def test_layout_groups_consecutive_ranks():
-    assert [(lay.rank, lay.dp_rank) for lay in (sp_layout(4, r, 2) for r in range(4))] == [(0, 0), (1, 0), (0, 1), (1, 1)]
-    assert sp_layout(4, 3, 2).dp_size == 2 and sp_layout(4, 3, 1).dp_size == 4
-    with pytest.raises(ConfigError, match="trainer.sequence_parallel_size: 3 does not divide the world of 4"):
-        sp_layout(4, 0, 3)
+    layouts = [ParallelLayout(world_size=8, rank=r, tp=4, sp=2) for r in range(8)]
+    assert [(lay.sp_rank, lay.dp_rank) for lay in layouts[:4]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert [lay.counts_once for lay in layouts[:4]] == [True, False, True, False]
+    assert layouts[3].dp_size == 4 and ParallelLayout(world_size=4, rank=3).dp_size == 4
+    assert [layouts[r].dp_rank_of(r2) for r, r2 in ((0, 5), (7, 1))] == [2, 0]
+    # vLLM's TP groups of 4: two engines, each rank's share and whether it keeps its group's copy
+    assert [(lay.rollout_dp_rank, lay.leads_tp_group) for lay in layouts] == [
+        (0, True), (0, False), (0, False), (0, False), (1, True), (1, False), (1, False), (1, False)]
+    assert layouts[0].rollout_dp_size == 2
+    with pytest.raises(ConfigError, match="trainer.sequence_parallel_size: 3 does not divide the 4 ranks of this run"):
+        ParallelLayout(world_size=4, rank=0, sp=3)
+    with pytest.raises(ConfigError, match="rollout.tensor_parallel_size: 0 does not divide.*Fix: use a divisor of 4, e.g. 1"):
+        ParallelLayout(world_size=4, rank=0, tp=0)
+    with pytest.raises(ValueError, match="rank 4 is outside a world of 4"):
+        ParallelLayout(world_size=4, rank=4)
 
 
 def test_denominator_units_are_counted_once_per_group():
     groups = samples((1, 2), (3, 4))
 
     def step(rank, sp):
-        return plan_step(groups, sp_layout(2, rank, sp), 2, max_tokens_per_rank=100, share_prompt=True)
+        return plan_step(groups, ParallelLayout(world_size=2, rank=rank, sp=sp), max_tokens_per_rank=100, share_prompt=True)
 
     def ids(units):
         return [id(u) for u in units]

@@ -3,7 +3,7 @@
 One round (`RolloutCollector.collect`), collective under torchrun:
 
     rows (the same on every rank)
-      -> this rank's share: rows[dp_rank::dp_size]        one vLLM engine per tensor-parallel group
+      -> this rank's share: rows[rollout_dp_rank::rollout_dp_size]   one vLLM engine per tensor-parallel group
       -> generate G responses per prompt                  RolloutEngine.generate
       -> keep one copy per tensor-parallel group          its first rank; the others got the same responses
       -> decode (the final stop token dropped) and score  the reward worker pool
@@ -208,12 +208,13 @@ class RolloutCollector:
         from golong.rollout.engine import request_seeds
 
         engine = self.engine
-        mine = list(range(engine.dp_rank, len(rows), engine.dp_size))  # positions in `rows`
+        layout = engine.layout  # vLLM's TP groups: one engine each, one share of the rows each
+        mine = list(range(layout.rollout_dp_rank, len(rows), layout.rollout_dp_size))  # positions in `rows`
         batch = engine.generate([self.prompts[rows[p]] for p in mine],
                                 seeds=request_seeds(engine.cfg.seed, step, [first_group + p for p in mine]),
                                 n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
         local = Rollouts.empty()
-        if engine.leads_tp_group:  # its TP group's other ranks got the same responses: one copy is kept
+        if layout.leads_tp_group:  # its TP group's other ranks got the same responses: one copy is kept
             position = [mine[k] for k in batch.prompt_index]
             texts = [response_text(self.tokenizer, ids, self.stop_ids) for ids in batch.response_ids]
             examples = [self.examples[rows[p]] for p in position]

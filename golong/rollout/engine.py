@@ -44,7 +44,7 @@ from golong.rollout.weight_sync import (
     plan_buckets,
     reload_weights_in_place,
 )
-from golong.world import World, current_world, rejoin_world
+from golong.world import ParallelLayout, World, current_world, rejoin_world
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +109,20 @@ class RolloutEngine:
     starts: build the engine before seeding the trainer.
     """
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, max_model_len: int, world: World | None = None):
+    def __init__(self, cfg: RolloutConfig, model_path: str, max_model_len: int, world: World | None = None,
+                 layout: ParallelLayout | None = None):
         self.world = world or current_world()
-        rank, world = self.world.rank, self.world.size
         tp = cfg.tensor_parallel_size
-        if world % tp:
-            raise ValueError(f"rollout.tensor_parallel_size={tp} must divide the number of ranks ({world}); "
-                             "tensor parallelism > 1 needs torchrun with a multiple of that many ranks")
+        # the run's layout (golong/world.py), or, for an engine built on its own, one of this world and tp
+        self.layout = layout or ParallelLayout.of(self.world, tp=tp)
+        if self.layout.tp != tp:
+            raise ValueError(f"the layout's tp ({self.layout.tp}) is not rollout.tensor_parallel_size ({tp})")
         if max_model_len <= cfg.max_response_length:
             raise ValueError(f"max_model_len={max_model_len} leaves no room for a prompt next to "
                              f"rollout.max_response_length={cfg.max_response_length}")
         rejoin_world(self.world)  # a previous engine's shutdown destroyed the process group (close)
         self.cfg = cfg
         self.max_model_len = max_model_len
-        self.dp_rank, self.dp_size = rank // tp, world // tp  # vLLM's TP groups are consecutive ranks
-        self.leads_tp_group = rank % tp == 0  # the other ranks of its TP group get the same responses
         self.dtype = getattr(torch, cfg.dtype)
 
         # The engine core must run in this process: weight sync hands it tensors by reference.
@@ -151,7 +150,7 @@ class RolloutEngine:
             dtype=cfg.dtype,
             tensor_parallel_size=tp,
             distributed_executor_backend="external_launcher" if world > 1 else None,
-            seed=cfg.seed + self.dp_rank,  # ranks of one TP group must sample alike
+            seed=cfg.seed + self.layout.rollout_dp_rank,  # ranks of one TP group must sample alike
             max_model_len=max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=cfg.enable_prefix_caching,

@@ -2,7 +2,7 @@
 
 One `PolicyEngine` per process (torchrun rank, or a single process as world size 1). A step:
 
-    batch = plan_step(groups, engine.sp, world.size, max_tokens, share_prompt)   # same count on every rank (packing.py)
+    batch = plan_step(groups, engine.layout, max_tokens, share_prompt)       # same count on every rank (packing.py)
     denom = LossDenominator.build(batch.counted, agg_mode, world=world)          # once, all ranks
     replay_metrics = engine.prepare_old_logprobs(batch.micro_batches, ppo_epochs=1)  # a pass only where needed
     stats = sum((engine.forward_backward(mb, denom) for mb in batch.micro_batches), PolicyLossStats())
@@ -14,6 +14,7 @@ so transformers loads it under `deepspeed.zero.Init` and no rank ever holds all 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import gc
 import logging
@@ -38,7 +39,7 @@ from golong.trainer.batch import PackedMicroBatch
 from golong.trainer.config import IcePopConfig, ModelConfig, PolicyLossConfig, TrainerConfig
 from golong.trainer.logprobs import token_logprobs
 from golong.trainer.loss import LossDenominator, LossInputs, PolicyLossStats, loss_stats, policy_loss
-from golong.world import World, init_world
+from golong.world import ParallelLayout, World, init_world
 from golong.replay.trainer import RouterReplay, router_metrics
 from golong.replay.trainer import forward_kwargs as replay_kwargs
 
@@ -189,9 +190,15 @@ class PolicyEngine:
     """The trained policy: a DeepSpeed engine around the HF model, fed packed micro-batches."""
 
     def __init__(self, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, loss_cfg: PolicyLossConfig,
-                 icepop_cfg: IcePopConfig, temperature: float, world: World | None = None):
+                 icepop_cfg: IcePopConfig, temperature: float, world: World | None = None,
+                 layout: ParallelLayout | None = None):
         self.loss_cfg, self.icepop_cfg = loss_cfg, icepop_cfg
         self.world = world or init_world()  # DeepSpeed needs a process group, even in a world of one
+        sp = trainer_cfg.sequence_parallel_size
+        # the run's layout (golong/world.py), or, for an engine built on its own, one of this world and sp
+        self.layout = layout or ParallelLayout.of(self.world, sp=sp)
+        if self.layout.sp != sp:
+            raise ValueError(f"the layout's sp ({self.layout.sp}) is not trainer.sequence_parallel_size ({sp})")
         self.share_prompt = trainer_cfg.share_prompt
         self.device = torch.device("cpu")
         if get_accelerator().device_name() == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
@@ -205,17 +212,14 @@ class PolicyEngine:
         else:
             dtype = getattr(torch, model_cfg.dtype)
         torch.manual_seed(trainer_cfg.seed)
-        sp = trainer_cfg.sequence_parallel_size  # [SP] refused here, before any weight is loaded
-        self.sp = sequence_parallel.sp_layout(self.world.size, self.world.rank, sp)
-        sequence_parallel.check_model_heads(model_cfg.path, sp, model_cfg.trust_remote_code)
+        sequence_parallel.check_model_heads(model_cfg.path, sp, model_cfg.trust_remote_code)  # [SP] before any weight loads
 
         ds_config = deepspeed_config(trainer_cfg, dtype)
         self.module, self._hf_ds_config = self._load_model(model_cfg, ds_config, dtype)
         mpu = None
         if sp > 1:  # [SP] ALST's Ulysses wrapper around golong's attention, and its SP/DP groups
             mpu = sequence_parallel.register_ulysses(self.module, self.module.config._attn_implementation, sp)
-            self.sp = sequence_parallel.sp_layout(self.world.size, self.world.rank, sp,
-                                                  group=mpu.get_sequence_parallel_group())
+            self.layout = dataclasses.replace(self.layout, sp_group=mpu.get_sequence_parallel_group())
         if model_cfg.gradient_checkpointing:
             self.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.module.train()  # layers checkpoint only in training mode; from_pretrained returns eval mode
@@ -273,9 +277,9 @@ class PolicyEngine:
     def _run(self, engine, mb: PackedMicroBatch, **kwargs):
         """`engine`'s per-token outputs for the whole micro-batch, each (R,). [SP] With sequence
         parallelism this rank runs its shard of the row, and the SP group's results are gathered."""
-        if self.sp.size == 1:
+        if self.layout.sp == 1:
             return engine(**self._inputs(mb), **kwargs)
-        shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.sp.size), self.sp)
+        shard = sequence_parallel.shard_inputs(sequence_parallel.pad_inputs(self._inputs(mb), self.layout.sp), self.layout)
         out = engine(**shard.inputs, **kwargs)
         return tuple(map(shard.gather, out)) if isinstance(out, tuple) else shard.gather(out)
 
@@ -334,7 +338,7 @@ class PolicyEngine:
         # backward reaching only its own tokens; the statistics are counted on the group's first rank.
         self.ds_engine.backward(loss * self.grad_scale, scale_wrt_gas=False)
         # read after the backward is queued: the statistics' one device-to-host copy waits for it, not the forward
-        stats = loss_stats(tokens, contribution, self.loss_cfg, self.icepop_cfg) if self.sp.counts_once else PolicyLossStats()
+        stats = loss_stats(tokens, contribution, self.loss_cfg, self.icepop_cfg) if self.layout.counts_once else PolicyLossStats()
         self._tokens += mb.num_tokens
         self._real_tokens += mb.num_real_tokens
         self._busy_s += time.perf_counter() - start

@@ -52,7 +52,7 @@ from golong.trainer.metrics import MetricsLogger, PhaseTimer
 from golong.trainer.packing import StepBatch, plan_step
 from golong.replay.trainer import RouteExtras, configure_router_replay
 from golong.trainer.validate import Validator
-from golong.world import World, init_world
+from golong.world import ParallelLayout, World, init_world
 
 logger = logging.getLogger("golong")
 
@@ -63,6 +63,7 @@ class Run:
 
     cfg: Config
     world: World
+    layout: ParallelLayout  # this rank in vLLM's TP groups and the trainer's SP groups (built once)
     data: PromptSet
     sampler: PromptSampler  # draws one round of prompts per call
     policy: PolicyEngine
@@ -95,7 +96,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 
     # 5. the step's prompt groups -> prompt-once units -> this rank's (SP group's) token-budget micro-batches
     groups = Group.from_rollouts(rollouts, run.data.prompts, advantages, cfg.rollout.overlong_mask)
-    batch = plan_step(groups, policy.sp, world.size, cfg.trainer.micro_batch_max_tokens, cfg.trainer.share_prompt,
+    batch = plan_step(groups, run.layout, cfg.trainer.micro_batch_max_tokens, cfg.trainer.share_prompt,
                       extras=route_extras(run, rollouts))  # MoE router replay: the routes of this rank's units
 
     # 6. old log-probs: a separate pass only where the update's first forward cannot give them
@@ -276,6 +277,7 @@ def train(cfg: Config) -> None:
     from golong.model_check import load_tokenizer
 
     world = init_world()
+    layout = ParallelLayout.of(world, tp=cfg.rollout.tensor_parallel_size, sp=cfg.trainer.sequence_parallel_size)
     out_dir = cfg.trainer.output_dir
     setup_console(os.path.join(out_dir, "logs"), world.rank, verbose=cfg.logging.verbose)
     checkpointer = Checkpointer.for_run(out_dir, cfg.trainer.keep_last, world)  # shared or node-local folders
@@ -299,16 +301,16 @@ def train(cfg: Config) -> None:
     agg_mode = resolve_agg_mode(cfg.algorithm.loss, estimator.preferred_loss_agg)
     with starting(world, f"DeepSpeed ZeRO-{cfg.trainer.zero_stage}: policy {cfg.model.path}"):
         policy = PolicyEngine(cfg.model, cfg.trainer, cfg.algorithm.loss, cfg.algorithm.icepop,
-                              cfg.rollout.temperature, world=world)
+                              cfg.rollout.temperature, world=world, layout=layout)
     with starting(world, f"vLLM engine (tensor parallel {cfg.rollout.tensor_parallel_size})"):
-        rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len, world=world)
+        rollout = RolloutEngine(cfg.rollout, cfg.model.path, cfg.max_model_len, world=world, layout=layout)
     configure_router_replay(policy.ds_engine.module.router_replay, cfg.rollout)  # MoE: replay or only measure routes
     torch.manual_seed(cfg.trainer.seed)  # after vLLM, which reseeds the global generators with rollout.seed
     with starting(world, f"reward pool ({cfg.reward.num_workers} workers)"):
         scorer = RewardScorer(cfg.reward)
     collector = RolloutCollector(world, rollout, scorer, tokenizer, stop_token_ids(cfg.model.path, tokenizer),
                                  data.examples, data.prompts, data.tasks)
-    run = Run(cfg=cfg, world=world, data=data, sampler=sampler, policy=policy, rollout=rollout,
+    run = Run(cfg=cfg, world=world, layout=policy.layout, data=data, sampler=sampler, policy=policy, rollout=rollout,
               collector=collector, estimator=estimator, agg_mode=agg_mode,
               constant_norm_length=cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
     metrics = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from golong.trainer.batch import Group, PackedMicroBatch, pack_groups
-from golong.trainer.sequence_parallel import SPLayout, sp_layout
+from golong.world import ParallelLayout
 
 
 def _balance_ranks(lengths: Sequence[int], dp_size: int) -> list[list[int]]:
@@ -132,19 +132,18 @@ class StepBatch:
     num_responses: int  # responses of the whole step
 
 
-def plan_step(groups: list[Group], layout: SPLayout, world_size: int, max_tokens_per_rank: int,
-              share_prompt: bool, extras: RowExtras | None = None) -> StepBatch:
+def plan_step(groups: list[Group], layout: ParallelLayout, max_tokens_per_rank: int, share_prompt: bool,
+              extras: RowExtras | None = None) -> StepBatch:
     """Stage 5 of a step for this rank: every rank plans the same (same groups), takes its SP group's
     micro-batches and packs them. An SP group's row holds sp x max_tokens_per_rank tokens, and every
     rank of the group gets the group's micro-batches."""
-    max_tokens = max_tokens_per_rank * layout.size
+    max_tokens = max_tokens_per_rank * layout.sp
     units = plan_units(groups, max_tokens, share_prompt)
     plan = plan_micro_batches([u.num_tokens for u in units], max_tokens, layout.dp_size)
     mine = [[units[u] for u in mb] for mb in plan[layout.dp_rank]]
     micro_batches = [pack_groups(mb) for mb in mine]
     if extras is not None:  # e.g. routes point to point from the ranks that generated them
-        extras.fetch([[units[u] for mb in plan[sp_layout(world_size, r, layout.size).dp_rank] for u in mb]
-                      for r in range(world_size)])
+        extras.fetch([[units[u] for mb in plan[layout.dp_rank_of(r)] for u in mb] for r in range(layout.world_size)])
         for mb, mb_units in zip(micro_batches, mine):
             if mb_units:
                 mb.extras = extras.pack(mb_units)

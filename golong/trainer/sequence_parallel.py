@@ -51,7 +51,7 @@ no sequence-parallel correction; ZeRO-1/2, ZeRO-3 without reduce_scatter (contig
 and the plain engine all-reduce divide by world / sp. `gradient_scale` returns the factor that
 undoes the division in use; the equivalence test (tests/test_sequence_parallel.py) checks it.
 
-    layout = sp_layout(world_size, rank, cfg.sequence_parallel_size)
+    layout = ParallelLayout.of(world, sp=cfg.sequence_parallel_size)            # golong/world.py
     plan = plan_micro_batches(lengths, max_tokens, layout.dp_size)[layout.dp_rank]   # same on the group
     shard = shard_inputs(pad_inputs(inputs, sp), layout)   # this rank's 1/sp of the row's forward kwargs
     logp = shard.gather(engine(**shard.inputs)) # (R,) of the whole micro-batch
@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 
 from golong.configlib import ConfigError
+from golong.world import ParallelLayout
 
 KEY = "trainer.sequence_parallel_size"
 
@@ -110,28 +111,8 @@ def check_model_heads(model_path: str, sp: int, trust_remote_code: bool = False)
 # Ranks: SP groups and data placement
 
 
-@dataclass(frozen=True)
-class SPLayout:
-    """This rank's place in the sp x dp grid; SP groups are runs of `size` consecutive ranks."""
-
-    size: int  # sp: ranks that train one row together
-    rank: int  # this rank's shard of every row (0 .. sp-1)
-    dp_size: int  # SP groups = world / sp: the data-parallel ranks the micro-batches are planned over
-    dp_rank: int  # which SP group this rank is in
-    group: object = None  # the SP process group (None for sp = 1)
-
-    @property
-    def counts_once(self) -> bool:
-        """Whether this rank speaks for its SP group in sums over ranks (denominator, statistics)."""
-        return self.rank == 0
-
-
-def sp_layout(world_size: int, rank: int, sp: int, group=None) -> SPLayout:
-    """The layout of `rank` in a world of `world_size` with SP size `sp` (ALST's grouping: consecutive ranks)."""
-    if sp < 1 or world_size % sp:
-        raise ConfigError(f"{KEY}: {sp} does not divide the world of {world_size} ranks. "
-                          f"Fix: use a divisor of {world_size} (1 turns sequence parallelism off).")
-    return SPLayout(size=sp, rank=rank % sp, dp_size=world_size // sp, dp_rank=rank // sp, group=group)
+# The layout of SP groups (consecutive ranks, ALST's grouping) is golong.world.ParallelLayout's: sp, sp_rank,
+# dp_size, dp_rank, counts_once, and sp_group once register_ulysses has built the groups.
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,8 +207,8 @@ def pad_inputs(inputs: dict, multiple: int) -> dict:
     return padded
 
 
-def shard_inputs(inputs: dict, layout: SPLayout) -> ShardedMicroBatch:
-    """Shard `layout.rank` of a packed row's forward kwargs (the same on every rank of the SP group,
+def shard_inputs(inputs: dict, layout: ParallelLayout) -> ShardedMicroBatch:
+    """Shard `layout.sp_rank` of a packed row's forward kwargs (the same on every rank of the SP group,
     the row a multiple of sp tokens long, see `pad_inputs`):
 
     - ROW_KEYS (and ROUTE_KEYS, MoE router replay's per-token routes): this shard's T/sp consecutive tokens
@@ -239,17 +220,17 @@ def shard_inputs(inputs: dict, layout: SPLayout) -> ShardedMicroBatch:
       attention sees the whole row after Ulysses' all-to-all, in row coordinates.
     """
     row = inputs["input_ids"].shape[1]
-    if row % layout.size:
-        raise ValueError(f"a row of {row} tokens does not split into {layout.size} shards: pad it first (pad_inputs)")
-    width = row // layout.size
-    start = layout.rank * width
+    if row % layout.sp:
+        raise ValueError(f"a row of {row} tokens does not split into {layout.sp} shards: pad it first (pad_inputs)")
+    width = row // layout.sp
+    start = layout.sp_rank * width
     positions = inputs["logit_positions"]
     owned = (positions >= start) & (positions < start + width)  # (R,)
     shard = {**inputs, **{k: inputs[k][:, start:start + width] for k in ROW_KEYS},
              **{k: inputs[k][start:start + width] for k in ROUTE_KEYS if inputs.get(k) is not None},
              **{k: inputs[k][owned] for k in RESPONSE_KEYS}}
     shard["logit_positions"] = shard["logit_positions"] - start
-    return ShardedMicroBatch(inputs=shard, owned=owned, row_tokens=row, group=layout.group)
+    return ShardedMicroBatch(inputs=shard, owned=owned, row_tokens=row, group=layout.sp_group)
 
 
 def gather_response_values(values: torch.Tensor, owned: torch.Tensor, group) -> torch.Tensor:

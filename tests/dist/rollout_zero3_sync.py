@@ -86,7 +86,7 @@ def main():
     stale = round_to_bf16(AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval())
     result = {
         "world": dist.get_world_size(),
-        "dp": [rollout.dp_rank, rollout.dp_size],
+        "dp": [rollout.layout.rollout_dp_rank, rollout.layout.rollout_dp_size],
         "all_partitioned": all(is_partitioned(p) for p in params.values()),
         "tied": trainer.module.lm_head.weight is trainer.module.model.embed_tokens.weight,
         "param_names": list(params),

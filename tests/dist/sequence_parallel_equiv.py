@@ -39,7 +39,7 @@ world = init_world()
 engine = PolicyEngine(ModelConfig(path=MODEL_DIR),
                       TrainerConfig(lr=1e-3, warmup_steps=0, zero_stage=ZERO_STAGE, sequence_parallel_size=SP),
                       LOSS, ICEPOP, temperature=0.9)
-layout = engine.sp
+layout = engine.layout
 samples = random_samples(SHAPES, seed=5, rollout_noise=0.7)
 
 
@@ -93,5 +93,5 @@ if world.rank == 0:
     all_logps = {i: v for part, _ in gathered for i, v in part.items()}
     all_entropies = {i: v for _, part in gathered for i, v in part.items()}
     torch.save({"logps": all_logps, "entropies": all_entropies, "grads": grads, "weights": weights,
-                "history": history, "layout": [layout.size, layout.dp_size]}, OUT_FILE)
+                "history": history, "layout": [layout.sp, layout.dp_size]}, OUT_FILE)
 engine.close()
