@@ -93,7 +93,7 @@ def test_prompts_that_leave_no_room_for_max_tokens_are_filtered(engine):
 def test_all_prompts_filtered_gives_an_empty_batch(engine):
     batch = engine.generate([[1] * 60], n=2, max_tokens=8)
     assert batch.num_filtered == 1 and batch.response_ids == [] and batch.prompt_index == []
-    assert batch.num_tokens == 0
+    assert batch.logprobs == [] and batch.truncated == []
 
 
 def eos_only_model(model, eos: int) -> None:

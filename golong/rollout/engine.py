@@ -149,7 +149,7 @@ class RolloutEngine:
             model=model_path,
             dtype=cfg.dtype,
             tensor_parallel_size=tp,
-            distributed_executor_backend="external_launcher" if world > 1 else None,
+            distributed_executor_backend="external_launcher" if self.world.size > 1 else None,
             seed=cfg.seed + self.layout.rollout_dp_rank,  # ranks of one TP group must sample alike
             max_model_len=max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
