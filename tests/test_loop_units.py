@@ -12,7 +12,7 @@ from golong.data.sampler import PromptSampler
 from golong.rollout.collect import Rollouts, sample_step
 from golong.data.prompts import PromptIds
 from golong.trainer.batch import Group
-from golong.trainer.loop import estimated_total_steps, finished, round_size
+from golong.trainer.loop import estimated_total_steps, finished, length_bias, round_size
 
 
 def make_rollouts(groups, rewards, examples=None, truncated=None):
@@ -178,3 +178,14 @@ def test_overlong_mask_leaves_truncated_responses_out_of_the_loss(overlong_mask,
     assert [g.loss_weights.tolist() for g in groups] == ([[1.0, 0.0], [0.0]] if overlong_mask else [[1.0, 1.0], [1.0]])
     assert [g.prompt_ids.tolist() for g in groups] == [[5, 6], [7]]
     assert [g.advantages.tolist() for g in groups] == [[0.5, -0.5], [0.0]]
+
+
+def test_length_bias_compares_the_trained_groups_with_every_finished_response():
+    # responses of lengths 1..4 (make_rollouts gives each one token; lengthen them by hand)
+    r = make_rollouts([0, 0, 1, 1], [0.0, 1.0, 1.0, 1.0])
+    r.response_ids = [np.arange(n, dtype=np.int32) for n in (1, 3, 6, 6)]
+    kept = r.informative()  # group 0 only: lengths 1 and 3
+    metrics = length_bias(kept, r)
+    assert metrics["response_length/trained_mean"] == 2.0
+    assert metrics["response_length/trained_vs_sampled"] == pytest.approx(2.0 / 4.0)
+    assert length_bias(r, r)["response_length/trained_vs_sampled"] == 1.0

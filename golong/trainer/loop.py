@@ -117,7 +117,7 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
     with timer.phase("sync"):
         sync = run.rollout.update_weights(policy.module)  # wake_up_weights -> sync_weights -> wake_up_kv_cache
 
-    return {**reward_metrics(run, sampled), **collected, **replay_metrics,
+    return {**reward_metrics(run, sampled), **collected, **replay_metrics, **length_bias(rollouts, sampled),
             **update_metrics(run, rollouts, batch, loss_stats.all_reduce(world), step_stats, skipped),
             "sync/peak_extra_mb": sync.peak_extra_bytes / 2**20}
 
@@ -171,6 +171,18 @@ def reward_metrics(run: Run, rollouts: Rollouts) -> dict[str, float]:
             metrics[f"reward/{name}/mean"] = rewards[of_task].mean().item()
             metrics[f"reward/{name}/pass_rate"] = passed[of_task].mean().item()
     return metrics
+
+
+def length_bias(trained: Rollouts, sampled: Rollouts) -> dict[str, float]:
+    """Whether selecting groups (dynamic sampling keeps those whose rewards differ) shifts the trained
+    responses' length: the trained groups' mean response length, and its ratio to the mean over every
+    finished response of the step (response_length/mean). 1.0: no bias."""
+    def mean_length(r: Rollouts) -> float:
+        return float(np.mean([len(ids) for ids in r.response_ids])) if len(r) else 0.0
+
+    trained_mean, sampled_mean = mean_length(trained), mean_length(sampled)
+    return {"response_length/trained_mean": trained_mean,
+            "response_length/trained_vs_sampled": trained_mean / sampled_mean if sampled_mean else 1.0}
 
 
 def update_metrics(run: Run, rollouts: Rollouts, batch: StepBatch, loss_stats: PolicyLossStats,
