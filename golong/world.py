@@ -72,6 +72,17 @@ class ParallelLayout:
     def of(cls, world: World, tp: int = 1, sp: int = 1) -> ParallelLayout:
         return cls(world_size=world.size, rank=world.rank, tp=tp, sp=sp)
 
+    @classmethod
+    def for_component(cls, layout: ParallelLayout | None, world: World, **sizes: int) -> ParallelLayout:
+        """The run's `layout` for a component configured with `sizes` (tp= and/or sp=), checked to agree
+        with them; without one (a component built on its own: tests, eval) a layout of `world` and `sizes`."""
+        if layout is None:
+            return cls.of(world, **sizes)
+        for name, size in sizes.items():
+            if getattr(layout, name) != size:
+                raise ValueError(f"the run's layout has {name}={getattr(layout, name)}, the component's config {size}")
+        return layout
+
     # vLLM's tensor-parallel groups
     @property
     def rollout_dp_size(self) -> int:  # engines (TP groups): the prompts are dealt over them

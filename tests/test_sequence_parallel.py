@@ -125,6 +125,10 @@ def test_layout_groups_consecutive_ranks():
         ParallelLayout(world_size=4, rank=0, tp=0)
     with pytest.raises(ValueError, match="rank 4 is outside a world of 4"):
         ParallelLayout(world_size=4, rank=4)
+    # a component gets the run's layout, checked against its own config, or one of its world
+    assert ParallelLayout.for_component(layouts[5], None, tp=4, sp=2) is layouts[5]
+    with pytest.raises(ValueError, match="the run's layout has sp=2, the component's config 1"):
+        ParallelLayout.for_component(layouts[5], None, sp=1)
 
 
 def test_denominator_units_are_counted_once_per_group():

@@ -113,10 +113,7 @@ class RolloutEngine:
                  layout: ParallelLayout | None = None):
         self.world = world or current_world()
         tp = cfg.tensor_parallel_size
-        # the run's layout (golong/world.py), or, for an engine built on its own, one of this world and tp
-        self.layout = layout or ParallelLayout.of(self.world, tp=tp)
-        if self.layout.tp != tp:
-            raise ValueError(f"the layout's tp ({self.layout.tp}) is not rollout.tensor_parallel_size ({tp})")
+        self.layout = ParallelLayout.for_component(layout, self.world, tp=tp)  # the run's (golong/world.py)
         if max_model_len <= cfg.max_response_length:
             raise ValueError(f"max_model_len={max_model_len} leaves no room for a prompt next to "
                              f"rollout.max_response_length={cfg.max_response_length}")

@@ -195,10 +195,7 @@ class PolicyEngine:
         self.loss_cfg, self.icepop_cfg = loss_cfg, icepop_cfg
         self.world = world or init_world()  # DeepSpeed needs a process group, even in a world of one
         sp = trainer_cfg.sequence_parallel_size
-        # the run's layout (golong/world.py), or, for an engine built on its own, one of this world and sp
-        self.layout = layout or ParallelLayout.of(self.world, sp=sp)
-        if self.layout.sp != sp:
-            raise ValueError(f"the layout's sp ({self.layout.sp}) is not trainer.sequence_parallel_size ({sp})")
+        self.layout = ParallelLayout.for_component(layout, self.world, sp=sp)  # the run's (golong/world.py)
         self.share_prompt = trainer_cfg.share_prompt
         self.device = torch.device("cpu")
         if get_accelerator().device_name() == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
