@@ -5,6 +5,10 @@ to its share of the data; here every epoch is one random permutation of all exam
 batches. The permutation of epoch e is a pure function of (seed, e) and the position is two
 integers (epoch, cursor), so a resumed run that loads `state_dict()` draws the very same batches
 as an uninterrupted one. No global RNG is touched.
+
+Streaming rollouts (golong/rollout/streaming.py) draw prompts one slot at a time (`take`) and hand back
+the prompts of responses they aborted (`give_back`): those are drawn first, before the epoch's order goes
+on, and are part of the saved state, so no prompt is lost or repeated across a resume.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ class PromptSampler:
         self.drop_last = drop_last
         self.epoch = 0
         self.cursor = 0  # position within the current epoch's order
+        self.returned: list[int] = []  # handed back (streaming's aborted prompts): drawn before the order goes on
         self._order = self._epoch_order(0)
 
     @property
@@ -53,6 +58,8 @@ class PromptSampler:
 
     def next_batch(self) -> list[int]:
         """Indices of the next batch; a new epoch starts when the current one has no full batch left."""
+        if self.returned:  # handed back by a streaming run this one resumes: they come first
+            return self.take(self.batch_size)
         remaining = self.num_examples - self.cursor
         if remaining == 0 or (self.drop_last and remaining < self.batch_size):
             self.epoch += 1
@@ -62,9 +69,30 @@ class PromptSampler:
         self.cursor += len(batch)
         return batch
 
+    def take(self, count: int) -> list[int]:
+        """`count` prompts, one at a time (streaming's free slots): the handed-back ones first, then the
+        epoch's order, a new epoch starting when the current one is used up (no batch to keep whole)."""
+        rows = self.returned[:count]
+        del self.returned[:count]
+        while len(rows) < count:
+            if self.cursor == self.num_examples:
+                self.epoch += 1
+                self.cursor = 0
+                self._order = self._epoch_order(self.epoch)
+            more = self._order[self.cursor:self.cursor + count - len(rows)]
+            self.cursor += len(more)
+            rows += more
+        return rows
+
+    def give_back(self, rows: list[int]) -> None:
+        """Prompts drawn but not used (streaming aborted their responses): the next draws return them
+        first, in this order."""
+        self.returned = list(rows) + self.returned
+
     def state_dict(self) -> dict:
         return {"num_examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "epoch": self.epoch, "cursor": self.cursor}
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "epoch": self.epoch, "cursor": self.cursor,
+                "returned": list(self.returned)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved position; the dataset and batching must be the ones it was saved with."""
@@ -74,4 +102,5 @@ class PromptSampler:
                                  f"{getattr(self, key)!r}; resume with the same dataset and data settings")
         self.epoch = state["epoch"]
         self.cursor = state["cursor"]
+        self.returned = list(state.get("returned", []))  # absent in checkpoints from before streaming
         self._order = self._epoch_order(self.epoch)

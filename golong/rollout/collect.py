@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -152,11 +152,12 @@ class StepRollouts:
     rounds: int  # generation rounds used
     prompts_drawn: int  # prompts taken from the sampler (the data the step consumed)
     groups_informative: int  # groups whose rewards differ, before the trim to target_groups
+    stream: dict[str, float] = field(default_factory=dict)  # rollout.mode=streaming's rollout/ metrics
 
     def metrics(self) -> dict[str, float]:
         return {"sampling/rounds": float(self.rounds), "sampling/prompts_drawn": float(self.prompts_drawn),
                 "sampling/groups_informative": float(self.groups_informative),
-                "sampling/groups_kept": float(self.train.num_groups)}
+                "sampling/groups_kept": float(self.train.num_groups), **self.stream}
 
 
 def stop_token_ids(model_path: str, tokenizer) -> set[int]:
@@ -216,25 +217,32 @@ class RolloutCollector:
         local = Rollouts.empty()
         if layout.leads_tp_group:  # its TP group's other ranks got the same responses: one copy is kept
             position = [mine[k] for k in batch.prompt_index]
-            texts = [response_text(self.tokenizer, ids, self.stop_ids) for ids in batch.response_ids]
-            examples = [self.examples[rows[p]] for p in position]
-            scored = self.scorer.score([ScoreItem(ex.reward_type, text, ex.ground_truth)
-                                        for ex, text in zip(examples, texts)])
-            local = Rollouts(
-                example_index=[rows[p] for p in position],
-                group_index=torch.tensor([first_group + p for p in position], dtype=torch.long),
-                task_index=torch.tensor([self._task_id[ex.task] for ex in examples], dtype=torch.long),
-                response_ids=[np.asarray(r, dtype=np.int32) for r in batch.response_ids],
-                rollout_logprobs=[np.asarray(lp, dtype=np.float32) for lp in batch.logprobs],
-                truncated=np.asarray(batch.truncated, dtype=bool),
-                rewards=torch.tensor(scored.scores, dtype=torch.float64),
-                texts=texts if self.keep_text else [],
-                reward_timeouts=sum(scored.timeouts.values()), reward_errors=sum(scored.errors.values()),
-                num_filtered=batch.num_filtered, generate_seconds=batch.seconds, score_seconds=scored.seconds,
-                routes=self._keep_routes(batch.routes))  # router replay: the experts vLLM chose, or None
-        else:
-            local.generate_seconds = batch.seconds
+            local = self.score_responses([rows[p] for p in position], [first_group + p for p in position],
+                                         batch.response_ids, batch.logprobs, batch.truncated)
+            local.routes = self._keep_routes(batch.routes)  # router replay: the experts vLLM chose, or None
+        local.num_filtered, local.generate_seconds = (batch.num_filtered if layout.leads_tp_group else 0), batch.seconds
         return Rollouts.concat(self.world.all_gather_objects(local), parallel=True)
+
+    def score_responses(self, rows: list[int], group_ids: list[int], response_ids: list[list[int]],
+                        logprobs: list[list[float]], truncated: list[bool]) -> Rollouts:
+        """Decode (final stop token dropped) and score responses, one per entry: rows[i] is response i's
+        example, group_ids[i] its group. This rank's Rollouts of them; its counters other than the reward
+        pool's (filtered prompts, generation time) are 0 for the caller to fill."""
+        texts = [response_text(self.tokenizer, ids, self.stop_ids) for ids in response_ids]
+        examples = [self.examples[row] for row in rows]
+        scored = self.scorer.score([ScoreItem(ex.reward_type, text, ex.ground_truth)
+                                    for ex, text in zip(examples, texts)])
+        return Rollouts(
+            example_index=list(rows),
+            group_index=torch.tensor(group_ids, dtype=torch.long),
+            task_index=torch.tensor([self._task_id[ex.task] for ex in examples], dtype=torch.long),
+            response_ids=[np.asarray(r, dtype=np.int32) for r in response_ids],
+            rollout_logprobs=[np.asarray(lp, dtype=np.float32) for lp in logprobs],
+            truncated=np.asarray(truncated, dtype=bool).reshape(-1),
+            rewards=torch.tensor(scored.scores, dtype=torch.float64).reshape(-1),
+            texts=texts if self.keep_text else [],
+            reward_timeouts=sum(scored.timeouts.values()), reward_errors=sum(scored.errors.values()),
+            num_filtered=0, generate_seconds=0.0, score_seconds=scored.seconds)
 
     def _keep_routes(self, routes: list[np.ndarray] | None) -> list[RouteRef] | None:
         if routes is None:

@@ -26,6 +26,10 @@ class RolloutConfig:
     seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
     router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only).")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
+    mode: Literal["sync", "streaming"] = option("sync", "sync: the paper's on-policy rounds, every round waits for its longest response. streaming: prompts flow into vLLM's engine step loop as slots free up, each group is scored as soon as its n responses finish, and generation stops once the step has its groups (golong/rollout/streaming.py; README 'Streaming rollouts').")
+    partial: bool = option(False, "Streaming: responses still generating when the step has its groups are kept (tokens and their rollout log-probs) and continued after the weight sync, by the next policy (partial rollouts). false: they are aborted and their prompts go back first in the sampler (every trained token from the current policy).")
+    stream_check_steps: int = option(8, "Streaming: vLLM engine steps between two checks, where the ranks count the finished groups (one small all-gather) and refill free slots with new prompts.")
+    stream_max_groups: int = option(0, "Streaming: groups generating at once per engine (a slot per group); 0 means a round's share, data.prompts_per_step (or dynamic_sampling.prompts_per_round) over the engines.")
     val_n: int = option(4, "Validation (trainer.val_every): responses per validation row; mean_score and pass@1 average over them.")
     val_temperature: float = option(0.6, "Validation sampling temperature (section 5.1's validation setting: 0.6); 0 is greedy, with val_n 1.")
     val_top_p: float = option(0.95, "Validation nucleus sampling (section 5.1: 0.95); validation trains on nothing, so IcePop's top_p 1.0 rule does not apply.")
@@ -53,6 +57,13 @@ class RolloutConfig:
             raise invalid("cpu_kvcache_space_gib", f"must be at least 1, got {self.cpu_kvcache_space_gib}", "use 1 on a small machine")
         if self.sync_bucket_mb < 1:
             raise invalid("sync_bucket_mb", f"must be positive, got {self.sync_bucket_mb}", "e.g. 512")
+        if self.stream_check_steps < 1:
+            raise invalid("stream_check_steps", f"must be at least 1, got {self.stream_check_steps}", "e.g. 8")
+        if self.stream_max_groups < 0:
+            raise invalid("stream_max_groups", f"must be >= 0, got {self.stream_max_groups}", "use 0 for a round's share per engine")
+        if self.partial and self.mode != "streaming":
+            raise invalid("partial", "is true with rollout.mode=sync: only streaming leaves responses unfinished",
+                          "set rollout.mode=streaming, or rollout.partial=false")
         self._check_validation()
         self._check_routes()
 
@@ -81,6 +92,10 @@ class RolloutConfig:
         key = "router_replay" if self.router_replay else "record_routes" if self.record_routes else None
         if key is None:
             return
+        if self.mode == "streaming":
+            raise invalid(key, "does not work with rollout.mode=streaming yet: the streaming collector does not gather a "
+                          "request's routes across engine steps (nor join a continued response's segments)",
+                          f"set rollout.mode=sync for MoE router replay, or rollout.{key}=false")
         if self.tensor_parallel_size > 1:
             raise invalid(key, f"needs rollout.tensor_parallel_size=1, got {self.tensor_parallel_size}: vLLM 0.32 "
                           "returns routed experts on the first rank of a tensor-parallel group only, and the "

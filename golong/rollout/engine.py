@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -47,6 +48,17 @@ from golong.rollout.weight_sync import (
 from golong.world import ParallelLayout, World, current_world, rejoin_world
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamDelta:
+    """What one engine step sampled for one streaming request (`RolloutEngine.step_requests`)."""
+
+    request_id: str
+    token_ids: list[int]  # (k,) the tokens sampled in this step
+    logprobs: list[float]  # (k,) their processed log-probs
+    finished: bool  # EOS, a stop token, or max_tokens
+    truncated: bool  # finished by max_tokens (finish_reason "length")
 
 
 class SleepState:
@@ -225,6 +237,50 @@ class RolloutEngine:
             num_filtered=len(filtered),
             seconds=seconds,
         )
+
+    # ------------------------------------------------------------------------------------------
+    # Streaming (rollout.mode=streaming, golong/rollout/streaming.py): vLLM's own engine step loop, one
+    # request per response, driven by the caller. Every rank of a tensor-parallel group makes the same
+    # calls in the same order (the collector decides from gathered data only), as `generate` requires.
+
+    def add_request(self, request_id: str, prompt: list[int], *, seed: int, max_tokens: int) -> None:
+        """Queue one response (n=1) of `prompt` (token ids: a prompt, or a prompt and the response so far
+        when a partial response continues). Its new tokens and log-probs come back from `step_requests`."""
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        self.sleep_state.generate()
+        if len(prompt) + max_tokens > self.max_model_len:
+            raise ValueError(f"streaming request {request_id}: {len(prompt)} prompt tokens + max_tokens {max_tokens} "
+                             f"> max_model_len {self.max_model_len}")
+        params = SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
+                                seed=seed, logprobs=0, flat_logprobs=True, detokenize=False,
+                                output_kind=RequestOutputKind.DELTA)  # each step: only the new tokens
+        engine = self.llm.llm_engine
+        (engine_input,) = engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompt)])
+        engine.add_request(request_id, engine_input, params)
+
+    def step_requests(self) -> list[StreamDelta]:
+        """One vLLM engine step: the tokens each running request sampled in it (nothing when idle)."""
+        engine = self.llm.llm_engine
+        if not engine.has_unfinished_requests():
+            return []
+        deltas = []
+        for output in engine.step():
+            completion = output.outputs[0]
+            deltas.append(StreamDelta(
+                request_id=output.request_id, token_ids=list(completion.token_ids),
+                logprobs=list(completion.logprobs.logprobs) if completion.logprobs is not None else [],
+                finished=output.finished, truncated=completion.finish_reason == "length"))
+        return deltas
+
+    def has_unfinished_requests(self) -> bool:
+        return self.llm.llm_engine.has_unfinished_requests()
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        """Stop these requests now (their tokens so far were already returned by `step_requests`)."""
+        if request_ids:
+            self.llm.llm_engine.abort_request(request_ids)
 
     # ------------------------------------------------------------------------------------------
     # Weight sync

@@ -5,6 +5,7 @@ Layout under `<output_dir>/checkpoints/`:
     step_000010/                        one complete checkpoint (the state after step 10)
       zero_pp_rank_R_mp_rank_00_*.pt    DeepSpeed: each rank's ZeRO shard of weights, optimizer and scheduler
       rng_rank_00000.json ...           each rank's RNG states (python, numpy, torch CPU and CUDA)
+      local_rank_00000.json ...         each rank's own loop state (streaming: its carried partial responses)
       run_state.json                    step, sampler position, loop extras; written last: the completion marker
     best/                               trainer.save_best: the best-validated checkpoint, the same files; never
                                         rotated by keep_last, never named by `latest`, never resumed from
@@ -65,6 +66,7 @@ class RunState:
     step: int  # optimizer steps completed; the next step to run is step + 1
     sampler: dict[str, Any] = field(default_factory=dict)  # the prompt sampler's state_dict() (JSON-able)
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the loop carries across steps (JSON-able)
+    local: dict[str, Any] = field(default_factory=dict)  # this rank's own state, saved per rank (JSON-able)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -261,11 +263,13 @@ class Checkpointer:
 
         engine.save_checkpoint(self.root, tag=tmp_name, save_latest=False)  # collective; ends with a barrier
         _write_atomic(os.path.join(tmp_dir, f"rng_rank_{rank:05d}.json"), json.dumps(capture_rng_state()))
+        _write_atomic(os.path.join(tmp_dir, f"local_rank_{rank:05d}.json"), json.dumps(state.local))
         self.world.barrier()  # every rank's files are on disk
 
         if self.is_writer:
             _write_atomic(os.path.join(tmp_dir, RUN_STATE_FILE),
-                          json.dumps({**asdict(state), "world_size": world}, indent=1))
+                          json.dumps({**{k: v for k, v in asdict(state).items() if k != "local"}, "world_size": world},
+                                     indent=1))
             old_dir = os.path.join(self.root, f"{TMP_PREFIX}old-{name}")  # a .tmp-* folder: latest() removes it
             if os.path.isdir(final_dir):  # a run restarted without resuming re-saves a step; BEST_DIR is replaced
                 shutil.rmtree(old_dir, ignore_errors=True)
@@ -302,4 +306,9 @@ class Checkpointer:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
         with open(os.path.join(path, f"rng_rank_{rank:05d}.json"), encoding="utf-8") as f:
             restore_rng_state(json.load(f))
-        return RunState(step=saved["step"], sampler=saved["sampler"], extra=saved["extra"])
+        local_file = os.path.join(path, f"local_rank_{rank:05d}.json")  # absent in checkpoints from before streaming
+        local = {}
+        if os.path.isfile(local_file):
+            with open(local_file, encoding="utf-8") as f:
+                local = json.load(f)
+        return RunState(step=saved["step"], sampler=saved["sampler"], extra=saved["extra"], local=local)

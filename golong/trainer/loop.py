@@ -43,6 +43,7 @@ from golong.data.sampler import PromptSampler
 from golong.rewards import RewardScorer
 from golong.rollout import RolloutEngine, logprob_abs_diff
 from golong.rollout.collect import RolloutCollector, Rollouts, StepRollouts, stop_token_ids
+from golong.rollout.streaming import StreamingCollector
 from golong.trainer.batch import Group
 from golong.trainer.checkpoint import Checkpointer, RunState
 from golong.trainer.engine import PolicyEngine
@@ -69,6 +70,7 @@ class Run:
     policy: PolicyEngine
     rollout: RolloutEngine
     collector: RolloutCollector  # stages 1-3: prompts -> scored responses of every rank
+    stream: StreamingCollector | None  # rollout.mode=streaming: stages 1-3 through vLLM's step loop instead of rounds
     estimator: advantage_lib.AdvantageEstimator
     agg_mode: str  # resolved loss aggregation (Eq. 3, Eq. 4 or DAPO's token mean)
     constant_norm_length: int  # Dr.GRPO's L (Eq. 3), used by agg_mode constant-norm
@@ -125,8 +127,13 @@ def train_step(run: Run, timer: PhaseTimer) -> dict[str, float]:
 def collect_rollouts(run: Run) -> StepRollouts:
     """Stages 1-3 for one step: one round of data.prompts_per_step prompts, or with dynamic sampling
     (DAPO, as the released GoLongRL scripts train) rounds of dynamic_sampling.prompts_per_round prompts
-    until data.prompts_per_step groups with differing rewards exist (at most max_rounds rounds)."""
+    until data.prompts_per_step groups with differing rewards exist (at most max_rounds rounds).
+    rollout.mode=streaming: prompts stream through the engines until that many groups have finished
+    (golong/rollout/streaming.py), drawing at most max_rounds rounds' worth of prompts."""
     dynamic = run.cfg.algorithm.dynamic_sampling
+    if run.stream is not None:
+        return run.stream.collect_step(run.sampler, run.cfg.data.prompts_per_step, filter_groups=dynamic.enabled,
+                                       max_prompts=dynamic.max_rounds * round_size(run.cfg) if dynamic.enabled else 0)
     return run.collector.collect_step(run.sampler.next_batch, run.cfg.data.prompts_per_step,
                                       filter_groups=dynamic.enabled, max_rounds=dynamic.max_rounds,
                                       step=run.sampler.batches_drawn)  # seeds: unique per step, resumable
@@ -238,6 +245,25 @@ def count_skipped(cfg: Config, world: World, step: int, step_metrics: dict[str, 
     return in_a_row
 
 
+def streaming_collector(cfg: Config, collector: RolloutCollector) -> StreamingCollector | None:
+    """rollout.mode=streaming's collector (None in sync mode): rollout.stream_max_groups slots per engine, by
+    default a round's share (data.prompts_per_step, or dynamic_sampling.prompts_per_round, over the engines)."""
+    if cfg.rollout.mode != "streaming":
+        return None
+    slots = cfg.rollout.stream_max_groups or math.ceil(round_size(cfg) / collector.engine.layout.rollout_dp_size)
+    return StreamingCollector(collector, slots=slots, check_steps=cfg.rollout.stream_check_steps,
+                              partial=cfg.rollout.partial)
+
+
+def run_state(run: Run, step: int) -> RunState:
+    """What a checkpoint keeps of the loop: the step, the sampler's position (with streaming's handed-back
+    prompts), and streaming's draw counter and this rank's carried partial responses."""
+    if run.stream is None:
+        return RunState(step=step, sampler=run.sampler.state_dict())
+    return RunState(step=step, sampler=run.sampler.state_dict(), extra={"stream": run.stream.state_dict()},
+                    local=run.stream.local_state())
+
+
 def load_prompt_set(cfg: Config, tokenizer, world: World, round_size: int) -> PromptSet:
     """The training prompts (data.train_files), at least one generation round of them."""
     data = read_prompt_set(cfg.data.train_files, cfg.data, tokenizer, world)
@@ -323,7 +349,7 @@ def train(cfg: Config) -> None:
     collector = RolloutCollector(world, rollout, scorer, tokenizer, stop_token_ids(cfg.model.path, tokenizer),
                                  data.examples, data.prompts, data.tasks)
     run = Run(cfg=cfg, world=world, layout=policy.layout, data=data, sampler=sampler, policy=policy, rollout=rollout,
-              collector=collector, estimator=estimator, agg_mode=agg_mode,
+              collector=collector, stream=streaming_collector(cfg, collector), estimator=estimator, agg_mode=agg_mode,
               constant_norm_length=cfg.algorithm.loss.constant_norm_length or cfg.rollout.max_response_length)
     metrics = None
     try:
@@ -333,6 +359,9 @@ def train(cfg: Config) -> None:
                 state = checkpointer.load(latest, policy.ds_engine)
                 sampler.load_state_dict(state.sampler)
                 step = state.step
+                if run.stream is not None and "stream" in state.extra:  # the draw counter; this rank's carried groups
+                    run.stream.load_state_dict(state.extra["stream"])
+                    run.stream.load_local_state(state.local)
                 # the engine started from model.path, not from the checkpoint; as in a step, the KV cache sleeps
                 # while the gathered buckets are in flight
                 rollout.sleep()
@@ -359,7 +388,7 @@ def train(cfg: Config) -> None:
                                **validator.after_step(step)})  # val/ metrics when step % trainer.val_every == 0
             skipped_in_a_row = count_skipped(cfg, world, step, step_metrics, skipped_in_a_row)
             if finished(cfg, step, sampler) or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
-                checkpointer.save(policy.ds_engine, RunState(step=step, sampler=sampler.state_dict()))
+                checkpointer.save(policy.ds_engine, run_state(run, step))
 
         if cfg.trainer.export_hf:
             export_hf(policy.module, tokenizer, os.path.join(out_dir, "hf"), world=world)
