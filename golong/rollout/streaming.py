@@ -110,6 +110,7 @@ class StreamingCollector:
         self.next_draw = 0  # draws so far in the run (the same on every rank)
         self.version = 0  # steps collected so far: the policy version of the responses generating now
         self.carried: list[StreamGroup] = []  # partial=true: groups left for the next step, oldest first
+        self.last_draws: list[int] = []  # the last step's groups' draw numbers, by group number
 
     # ------------------------------------------------------------------------------------------
     # One step
@@ -194,6 +195,8 @@ class StreamingCollector:
 
     def _submit(self, group: StreamGroup, j: int, version: int) -> None:
         response = group.responses[j]
+        if not response.tokens:  # nothing sampled yet (queued when the last step stopped): a fresh start
+            response.versions = []
         segment = len(response.versions)
         response.versions.append(version)
         self.engine.add_request(group.request_id(j), [*self.collector.prompts[group.row], *response.tokens],
@@ -245,6 +248,7 @@ class StreamingCollector:
 
         # the step's groups, numbered 0.. in (check, engine, finish order): first_groups keeps that order
         number = {e[3]: k for k, e in enumerate(everything)}
+        self.last_draws = [e[3] for e in everything]  # group k of the step's Rollouts is the group drawn last_draws[k]-th
         sampled = Rollouts.concat([e[4] for e in everything], parallel=False)
         sampled.group_index = torch.tensor([number[int(d)] for d in sampled.group_index.tolist()], dtype=torch.long)
         sampled.num_filtered = sum(g[3] for g in leads)
