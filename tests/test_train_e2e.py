@@ -255,3 +255,55 @@ def test_a_nan_loss_on_one_rank_skips_the_step_everywhere_and_three_in_a_row_sto
     assert same_state(state[2], state[1])  # skipped: weights and Adam moments untouched, on both ranks' shards
     assert not same_state(state[3], state[2])  # training went on
     assert same_state(state[4], state[3]) and same_state(state[5], state[3])
+
+
+# Streaming rollouts: check after every engine step, 4 groups generating per engine (8 for a 4-group step), so
+# every step stops with responses in flight; dynamic sampling drops the groups whose rewards agree.
+STREAMING = ["rollout.mode=streaming", "rollout.stream_check_steps=1", "rollout.stream_max_groups=4",
+             "algorithm.dynamic_sampling.enabled=true", "rollout.max_response_length=12"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("partial", ["false", "true"])
+def test_streaming_sigkill_then_resume_loses_no_prompt_and_repeats_none(demo_assets, tmp_path, partial):
+    """partial=false hands aborted prompts back to the sampler; partial=true carries each rank's unfinished
+    responses: both are in the checkpoint, so a run killed after step 2 and resumed trains the very groups,
+    responses and rewards of an uninterrupted run."""
+    extra = [*STREAMING, f"rollout.partial={partial}"]
+    full = tmp_path / "full"
+    run_training(demo_assets, full, *extra)
+    reference = metrics_of(full)
+    if partial == "true":
+        assert sum(r["rollout/partial_responses"] for r in reference) > 0  # responses did span two policies
+        assert max(r["rollout/policy_lag_max"] for r in reference) >= 1
+    else:
+        assert sum(r["rollout/aborted"] for r in reference) > 0 and all(r["rollout/policy_lag_max"] == 0 for r in reference)
+    assert all(r["batch/trained_prompts"] == 4 for r in reference)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_command(demo_assets, out, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, **ENV}, cwd=REPO, start_new_session=True)
+    marker = out / "checkpoints" / "step_000002" / "run_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the run never completed its second checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(marker.read_text())
+    assert saved["extra"]["stream"]["next_draw"] > 0
+    for rank in (0, 1):  # each rank's own carried responses (partial=true), in its own file
+        local = json.loads((marker.parent / f"local_rank_{rank:05d}.json").read_text())
+        assert (len(local["carried"]) > 0) == (partial == "true")
+
+    resumed = run_training(demo_assets, out, *extra)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    records = metrics_of(out)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for key in ("batch/fingerprint", "response_length/trained_mean", "reward/mean", "sampling/prompts_drawn",
+                "rollout/partial_responses", "rollout/aborted"):
+        assert [r[key] for r in records] == [r[key] for r in reference], key
+    last = f"step_{STEPS:06d}"
+    assert (json.loads((out / "checkpoints" / last / "run_state.json").read_text())["sampler"]
+            == json.loads((full / "checkpoints" / last / "run_state.json").read_text())["sampler"])
