@@ -62,3 +62,28 @@ def test_tensor_parallel_ranks_ask_for_the_same_seeds(tp2_run):
     step1, step2, step3 = seeds[0]
     assert len(step1) == 4 and len(set(step1)) == 4  # data.prompts_per_step=4, one engine: every prompt
     assert not set(step1) & set(step2) and not set(step2) & set(step3)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_streaming_tensor_parallel_ranks_make_the_same_engine_calls(demo_assets, tmp_path):  # noqa: F811
+    """rollout.mode=streaming on one TP-2 engine with partial rollouts: both ranks of the group queue the same
+    requests (ids, seeds, prompt + carried tokens) and abort the same ones, every step, from gathered counts
+    only; a response carried across a sync is resubmitted as its prompt plus the tokens so far."""
+    trace = tmp_path / "trace.jsonl"
+    os.environ["GOLONG_ROLLOUT_TRACE"] = str(trace)
+    try:
+        run_training(demo_assets, tmp_path / "run", TP2[0], "trainer.total_steps=3", "trainer.save_every=3",
+                     "rollout.mode=streaming", "rollout.partial=true", "rollout.stream_check_steps=1",
+                     "rollout.stream_max_groups=6", "rollout.max_response_length=12")
+    finally:
+        os.environ.pop("GOLONG_ROLLOUT_TRACE", None)
+    events = trace_of(trace)
+    calls = {rank: [(e["event"], e.get("request"), e.get("seed"), e.get("tokens"), e.get("requests"))
+                    for e in events[rank]] for rank in (0, 1)}
+    assert calls[0] == calls[1]
+    added = [c for c in calls[0] if c[0] == "add_request"]
+    assert len({c[1] for c in added}) == len(added)  # every request id once
+    continued = [c for c in added if not c[1].endswith("-0")]  # golong-<draw>-<response>-<segment>
+    assert continued, "no response was continued across a weight sync"
+    assert [c[0] for c in calls[0] if c[0] in STEP_ORDER[1:]] == STEP_ORDER[1:] * 3

@@ -256,6 +256,7 @@ class RolloutEngine:
         params = SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
                                 seed=seed, logprobs=0, flat_logprobs=True, detokenize=False,
                                 output_kind=RequestOutputKind.DELTA)  # each step: only the new tokens
+        self._record("add_request", request=request_id, seed=seed, tokens=len(prompt))
         engine = self.llm.llm_engine
         (engine_input,) = engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompt)])
         engine.add_request(request_id, engine_input, params)
@@ -280,6 +281,7 @@ class RolloutEngine:
     def abort_requests(self, request_ids: list[str]) -> None:
         """Stop these requests now (their tokens so far were already returned by `step_requests`)."""
         if request_ids:
+            self._record("abort", requests=list(request_ids))
             self.llm.llm_engine.abort_request(request_ids)
 
     # ------------------------------------------------------------------------------------------
