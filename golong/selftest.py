@@ -26,6 +26,9 @@ so a crash or a hang in one path fails that group's checks, naming the log, and 
                                               trainer's router agrees with the engine's routes
     train_resume       train_resume           a 2-step `golong train`, then resumed to step 3: every step
                                               once, finite losses
+                       streaming              the same with rollout.mode=streaming and partial rollouts:
+                                              responses continued across weight syncs (vLLM's step loop,
+                                              aborts, then sleep and wake), resumed from the carried state
 
 Test-only: GOLONG_SELFTEST_BREAK=weight_sync skips the weight sync itself (the engine keeps its start-up
 weights), so the suite can show that a broken path fails and is named.
@@ -46,7 +49,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "engine": ("vllm_generation", "sleep_wake", "weight_sync"),
     "sequence_parallel": ("sequence_parallel",),
     "router_replay": ("router_replay",),
-    "train_resume": ("train_resume",),
+    "train_resume": ("train_resume", "streaming"),
 }
 CHECKS = tuple(check for checks in GROUPS.values() for check in checks)
 BREAK_ENV = "GOLONG_SELFTEST_BREAK"  # test-only: "weight_sync" skips the real sync
@@ -621,6 +624,35 @@ def train_resume_worker(workdir: str) -> None:
         return f"2 steps, checkpoints, resumed to step 3: steps {steps}, losses {', '.join(f'{x:.4f}' for x in losses)}"
 
     report.run("train_resume", check)
+
+    def streaming():
+        _clear_run(workdir, "streaming")
+        # 16 groups generating for a 4-group step, a check after every engine step: each step leaves groups
+        # for the next, which trains them after the weight sync (responses stopped halfway continue then; the
+        # selftest's untrained model mostly writes to max_response_length, so its groups finish together)
+        recipe = _recipe(workdir, "streaming", os.path.join(workdir, "model"), trainer__total_steps=2,
+                         trainer__save_every=1, rollout__mode="streaming", rollout__partial=True,
+                         rollout__stream_check_steps=1, rollout__stream_max_groups=16)
+        log = os.path.join(workdir, "logs", "streaming.train.log")
+        _golong_train(recipe, log=log)
+        output = _golong_train(recipe, "trainer.total_steps=3", log=log)
+        _expect("resuming from" in output, "the second run did not say it resumed")
+        records = _metrics(os.path.join(workdir, "runs", "streaming"))
+        steps = [r["step"] for r in records]
+        _expect(steps == [1, 2, 3], f"steps logged {steps}, expected [1, 2, 3]")
+        _expect(all(r["batch/trained_prompts"] == 4 for r in records),
+                f"groups trained {[r['batch/trained_prompts'] for r in records]}, expected 4 a step")
+        continued = sum(r["rollout/partial_responses"] for r in records[1:])
+        _expect(records[0]["rollout/carried_groups"] > 0, "step 1 left no group for step 2")
+        _expect(max(r["rollout/policy_lag_max"] for r in records[1:]) >= 1,
+                "no group generated before a weight sync was trained after it")
+        losses = [r["actor/loss"] for r in records]
+        _expect(all(math.isfinite(x) for x in losses), f"losses {losses}")
+        return (f"3 streaming steps (one resumed), groups carried over {[r['rollout/carried_groups'] for r in records]}, "
+                f"{continued:.0f} trained responses continued across a sync, "
+                f"policy lag <= {max(r['rollout/policy_lag_max'] for r in records):.0f}")
+
+    report.run("streaming", streaming)
 
 
 WORKERS = {"kernels": kernels_worker, "engine": engine_worker, "sequence_parallel": sequence_parallel_worker,

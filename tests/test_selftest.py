@@ -33,7 +33,7 @@ def lines_by_check(stdout: str) -> dict[str, str]:
 
 def test_every_check_belongs_to_one_group():
     assert sorted(CHECKS) == sorted({c for checks in GROUPS.values() for c in checks})
-    assert len(CHECKS) == len(set(CHECKS)) == 8
+    assert len(CHECKS) == len(set(CHECKS)) == 9
 
 
 def test_an_unknown_check_is_refused_with_the_valid_names(tmp_path):
@@ -50,9 +50,10 @@ def test_result_line_names_status_check_and_figure():
 
 def test_a_worker_that_fails_or_hangs_fails_its_checks_naming_the_log(tmp_path):
     # no models or rows in the work folder: golong train refuses the recipe (exit 2), reported by the check
-    (result,) = run_group("train_resume", str(tmp_path), timeout=300)
+    result, streaming = run_group("train_resume", str(tmp_path), timeout=300)
     assert result.status == "FAIL" and "golong train exited 2" in result.figure
     assert "train_resume.train.log" in result.figure
+    assert streaming.status == "FAIL" and "streaming.train.log" in streaming.figure
     # a worker stopped by the time box: every check of its group fails, naming the time-out and the log
     results = run_group("engine", str(tmp_path), timeout=0.5)
     assert [r.name for r in results] == list(GROUPS["engine"])
