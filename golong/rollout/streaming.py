@@ -103,10 +103,11 @@ class StreamingCollector:
     """One engine's streaming state across steps (every rank has one; the ranks of a tensor-parallel group
     hold the same). `collector` is the RolloutCollector whose engine, scorer and examples it uses."""
 
-    def __init__(self, collector, slots: int, check_steps: int, partial: bool):
+    def __init__(self, collector, slots: int, check_steps: int, partial: bool, round_size: int = 0):
         self.collector, self.engine, self.world = collector, collector.engine, collector.world
         self.cfg = self.engine.cfg
         self.slots, self.check_steps, self.partial = slots, check_steps, partial
+        self.round_size = round_size or slots * self.engine.layout.rollout_dp_size  # sampling/rounds: prompts drawn / this
         self.next_draw = 0  # draws so far in the run (the same on every rank)
         self.version = 0  # steps collected so far: the policy version of the responses generating now
         self.carried: list[StreamGroup] = []  # partial=true: groups left for the next step, oldest first
@@ -144,7 +145,7 @@ class StreamingCollector:
             score_seconds += sum(f.rollouts.score_seconds for f in scored)
             kept_here = sum(1 for f in scored if self._kept(f.rollouts, filter_groups))
             counts = world.all_gather_objects((layout.rollout_dp_rank, layout.leads_tp_group, kept_here,
-                                               self.slots - len(active), bool(active)))
+                                               max(self.slots - len(active), 0), bool(active)))
             leads = [c for c in counts if c[1]]  # one entry per engine
             kept_so_far += sum(c[2] for c in leads)
             busy = any(c[4] for c in leads)
@@ -268,19 +269,22 @@ class StreamingCollector:
             self.carried = sorted([g for g in active if g.draw in left] +
                                   [f.group for f in finished if f.group.draw in surplus], key=lambda g: g.draw)
             metrics["rollout/carried_groups"] = float(len(left))
-            metrics["rollout/aborted"] = 0.0
+            metrics["rollout/aborted"] = metrics["rollout/aborted_tokens"] = 0.0
         else:  # strictly on-policy: unfinished work is dropped, its prompts drawn again first
             back = sorted([(e[3], e[4].example_index[0]) for e in everything if e[3] in surplus] + in_flight)
             sampler.give_back([row for _, row in back])
-            n_unfinished = sum(1 for g in active for r in g.responses if not r.finished)
-            metrics["rollout/aborted"] = float(sum(self.world.all_gather_objects(
-                n_unfinished if layout.leads_tp_group else 0)))
+            unfinished = [r for g in active for r in g.responses if not r.finished]
+            counts = self.world.all_gather_objects((len(unfinished), sum(len(r.tokens) for r in unfinished))
+                                                   if layout.leads_tp_group else (0, 0))
+            metrics["rollout/aborted"] = float(sum(c[0] for c in counts))
+            metrics["rollout/aborted_tokens"] = float(sum(c[1] for c in counts))  # generated, then thrown away
             metrics["rollout/carried_groups"] = 0.0
             drawn -= len(back)  # handed back: the step did not consume them
         if len(train_draws) < target_groups:
             logger.warning("streaming: %d of %d groups %sfinished this step (%d prompts drawn); training on those",
                            len(train_draws), target_groups, "with differing rewards " if filter_groups else "", drawn)
-        return StepRollouts(train=train, sampled=sampled, rounds=1, prompts_drawn=drawn,
+        return StepRollouts(train=train, sampled=sampled, rounds=max(1, math.ceil(drawn / self.round_size)),
+                            prompts_drawn=drawn,
                             groups_informative=sum(1 for e in everything if self._kept(e[4], True)), stream=metrics)
 
     # ------------------------------------------------------------------------------------------

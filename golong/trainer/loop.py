@@ -10,7 +10,9 @@
     8. sync         the new weights into the vLLM engine
 
 Stages 1-3 are the rollout collector's (golong/rollout/collect.py): with dynamic sampling it repeats
-them in rounds until the step has data.prompts_per_step groups whose rewards differ.
+them in rounds until the step has data.prompts_per_step groups whose rewards differ. With
+rollout.mode=streaming they run through vLLM's engine step loop instead, prompts flowing in as groups
+finish (golong/rollout/streaming.py; partial rollouts carry unfinished responses over the weight sync).
 
 Every rank runs the same loop (torchrun); each rank's vLLM engine generates for its share of the
 prompts, then every rank sees every response (`RolloutCollector.collect` gathers them), so advantages
@@ -129,11 +131,12 @@ def collect_rollouts(run: Run) -> StepRollouts:
     (DAPO, as the released GoLongRL scripts train) rounds of dynamic_sampling.prompts_per_round prompts
     until data.prompts_per_step groups with differing rewards exist (at most max_rounds rounds).
     rollout.mode=streaming: prompts stream through the engines until that many groups have finished
-    (golong/rollout/streaming.py), drawing at most max_rounds rounds' worth of prompts."""
+    (golong/rollout/streaming.py), drawing at most max_rounds rounds' worth of prompts (without dynamic
+    sampling a bound only prompts the engine filters out as too long can reach)."""
     dynamic = run.cfg.algorithm.dynamic_sampling
     if run.stream is not None:
         return run.stream.collect_step(run.sampler, run.cfg.data.prompts_per_step, filter_groups=dynamic.enabled,
-                                       max_prompts=dynamic.max_rounds * round_size(run.cfg) if dynamic.enabled else 0)
+                                       max_prompts=dynamic.max_rounds * round_size(run.cfg))
     return run.collector.collect_step(run.sampler.next_batch, run.cfg.data.prompts_per_step,
                                       filter_groups=dynamic.enabled, max_rounds=dynamic.max_rounds,
                                       step=run.sampler.batches_drawn)  # seeds: unique per step, resumable
@@ -252,7 +255,7 @@ def streaming_collector(cfg: Config, collector: RolloutCollector) -> StreamingCo
         return None
     slots = cfg.rollout.stream_max_groups or math.ceil(round_size(cfg) / collector.engine.layout.rollout_dp_size)
     return StreamingCollector(collector, slots=slots, check_steps=cfg.rollout.stream_check_steps,
-                              partial=cfg.rollout.partial)
+                              partial=cfg.rollout.partial, round_size=round_size(cfg))
 
 
 def run_state(run: Run, step: int) -> RunState:
