@@ -84,7 +84,7 @@ def test_stream_seeds_are_vllm_parallel_sampling_seeds_for_a_first_segment():
     (["rollout.partial=true"], "rollout.partial"),
     (["rollout.mode=streaming", "rollout.stream_check_steps=0"], "rollout.stream_check_steps"),
     (["rollout.mode=streaming", "rollout.stream_max_groups=-1"], "rollout.stream_max_groups"),
-    (["rollout.mode=streaming", "rollout.router_replay=true"], "rollout.router_replay"),
+    (["rollout.mode=streaming", "rollout.partial=true", "rollout.router_replay=true"], "rollout.router_replay"),
     (["rollout.mode=asynchronous"], "rollout.mode"),
 ])
 def test_streaming_config_mistakes_name_the_field(overrides, fragment):

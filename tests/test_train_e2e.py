@@ -196,6 +196,28 @@ def test_router_replay_on_two_ranks_trains_each_rank_on_the_routes_of_its_own_sa
         assert math.isfinite(r["actor/grad_norm"])
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_streaming_router_replay_records_each_request_across_engine_steps(demo_assets, tmp_path):
+    """rollout.mode=streaming (partial=false) with MoE router replay: each response's routes are gathered from
+    the engine steps that computed it, kept on its rank until the trainer fetches them; a route joined to the
+    wrong response shows as chance-level agreement or fails the shape check."""
+    from golong.tiny_model import build_tiny_moe_model
+
+    moe = build_tiny_moe_model(str(tmp_path / "moe"))
+    out = tmp_path / "r3-stream"
+    run_training(demo_assets, out, "trainer.total_steps=2", "trainer.save_every=0", "trainer.export_hf=false",
+                 "logging.plot=false", f"model.path={moe}", "model.zero3_leaf_modules=[Qwen3MoeSparseMoeBlock]",
+                 "rollout.router_replay=true", "rollout.max_response_length=8", "rollout.mode=streaming",
+                 "rollout.stream_check_steps=1", "rollout.stream_max_groups=3")
+    records = metrics_of(out)
+    assert len(records) == 2
+    for r in records:
+        assert r["batch/trained_prompts"] == 4
+        assert r["rollout/router_agreement"] > 0.95, r["rollout/router_agreement"]
+        assert math.isfinite(r["actor/grad_norm"])
+
+
 def checkpoint_tensors(step_dir) -> dict[str, torch.Tensor]:
     """Every tensor of a ZeRO checkpoint's optimizer shards (each rank's fp32 weight partition and its
     Adam moments), keyed by file and position: equal dicts mean equal weights and optimizer state."""

@@ -44,7 +44,10 @@ def route_source(platform_is_cuda: bool) -> str:
 
 def routes_from_vllm_api(completion, num_tokens: int, num_experts: int) -> np.ndarray:
     """CUDA path: a completion's `routed_experts` ([seq_len, layer_num, topk]) as (num_tokens - 1, L, k)."""
-    routed = completion.routed_experts
+    return _vllm_routes(completion.routed_experts, num_tokens, num_experts)
+
+
+def _vllm_routes(routed, num_tokens: int, num_experts: int) -> np.ndarray:
     if routed is None:
         raise RuntimeError("vLLM returned no routed_experts: was the engine built with enable_return_routed_experts=True?")
     routed = np.asarray(routed)
@@ -190,6 +193,7 @@ class RouteCollector:
         self.source = route_source(torch.cuda.is_available()) if enabled else None
         self.num_experts = 0
         self.moe_layers: list[int] = []
+        self.pending: dict[str, list[_Chunk]] = {}  # streaming, CPU: recorded chunks of unfinished requests
 
     def engine_kwargs(self, kwargs: dict) -> dict:
         """`vllm.LLM` kwargs with what the route source needs."""
@@ -222,6 +226,32 @@ class RouteCollector:
         only_dense = set(getattr(hf, "mlp_only_layers", []) or [])
         step = getattr(hf, "decoder_sparse_step", 1) or 1
         self.moe_layers = [i for i in range(layers) if i not in only_dense and (i + 1) % step == 0]
+
+    # Streaming (golong/rollout/streaming.py): one request per response, finishing at any engine step. On CPU
+    # the recorder's chunks are taken after every step and kept per request until it finishes (or is
+    # aborted); on CUDA vLLM hands a finished request's routes over with its last output.
+
+    def stream_step(self, llm) -> None:
+        """After an engine step: keep what the recorder took, by request (CPU source)."""
+        if self.source == IN_PROCESS_RECORDER:
+            (chunks,) = llm.collective_rpc(take_recorded)
+            for rid, c in chunks.items():
+                self.pending.setdefault(external_id(rid), []).extend(c)
+
+    def stream_routes(self, request_id: str, tokens: list[int], routed_experts) -> np.ndarray:
+        """(len(tokens) - 1, L, k): the routes of a finished streaming request; tokens = its prompt + response."""
+        if self.source == VLLM_API:
+            return _vllm_routes(routed_experts, len(tokens), self.num_experts)
+        if request_id not in self.pending:
+            raise RuntimeError(f"router replay: nothing recorded for request {request_id!r}")
+        return assemble_routes(self.pending.pop(request_id), tokens, self.num_experts, self.moe_layers)
+
+    def stream_drop(self, request_ids: list[str] | None = None) -> None:
+        """Forget the chunks of aborted requests (all of them: None)."""
+        if request_ids is None:
+            self.pending.clear()
+        for rid in request_ids or []:
+            self.pending.pop(rid, None)
 
     def collect(self, llm, outputs) -> list[np.ndarray] | None:
         """(responses,) each (P + R - 1, L, k): routes of every completion, in the order golong lists

@@ -24,7 +24,7 @@ class RolloutConfig:
     sync_bucket_mb: int = option(512, "Weight sync gathers ZeRO-3 parameters in buckets of about this size (whole decoder layers).")
     overlong_mask: bool = option(False, "Leave truncated responses (no EOS within max_response_length) out of the loss.")
     seed: int = option(0, "Sampling seed: each request is seeded from (it, the step, the prompt's group id in the step), so the ranks of a tensor-parallel group sample alike and a resumed run samples as an uninterrupted one.")
-    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only).")
+    router_replay: bool = option(False, "MoE models (R3): record the experts the engine routed every prompt and response token to, and make the trainer's forwards use exactly those experts (gate weights stay the trainer's, so the router still learns). CUDA: vLLM's enable_return_routed_experts (needs prefix caching); CPU: an in-process recorder that runs the engine eager and without prefix caching. Needs tensor_parallel_size 1 (vLLM 0.32 returns routes on a TP group's first rank only), and with mode streaming partial false.")
     record_routes: bool = option(False, "MoE models: record the engine's routes and log rollout/router_agreement without replaying them (router_replay implies it).")
     mode: Literal["sync", "streaming"] = option("sync", "sync: the paper's on-policy rounds, every round waits for its longest response. streaming: prompts flow into vLLM's engine step loop as slots free up, each group is scored as soon as its n responses finish, and generation stops once the step has its groups (golong/rollout/streaming.py; README 'Streaming rollouts').")
     partial: bool = option(False, "Streaming: responses still generating when the step has its groups are kept (tokens and their rollout log-probs) and continued after the weight sync, by the next policy (partial rollouts). false: they are aborted and their prompts go back first in the sampler (every trained token from the current policy).")
@@ -92,10 +92,12 @@ class RolloutConfig:
         key = "router_replay" if self.router_replay else "record_routes" if self.record_routes else None
         if key is None:
             return
-        if self.mode == "streaming":
-            raise invalid(key, "does not work with rollout.mode=streaming yet: the streaming collector does not gather a "
-                          "request's routes across engine steps (nor join a continued response's segments)",
-                          f"set rollout.mode=sync for MoE router replay, or rollout.{key}=false")
+        if self.mode == "streaming" and self.partial:
+            raise invalid(key, "does not work with rollout.partial=true yet: a continued response's routes would join "
+                          "segments routed by two policies, and vLLM 0.32 returns routed experts only with a finished "
+                          "request's last output, never for an aborted one",
+                          f"set rollout.partial=false (streaming without partial rollouts records routes), or "
+                          f"rollout.{key}=false")
         if self.tensor_parallel_size > 1:
             raise invalid(key, f"needs rollout.tensor_parallel_size=1, got {self.tensor_parallel_size}: vLLM 0.32 "
                           "returns routed experts on the first rank of a tensor-parallel group only, and the "

@@ -59,6 +59,7 @@ class StreamDelta:
     logprobs: list[float]  # (k,) their processed log-probs
     finished: bool  # EOS, a stop token, or max_tokens
     truncated: bool  # finished by max_tokens (finish_reason "length")
+    routed_experts: object = None  # CUDA router replay: vLLM's [seq_len, layers, top_k] routes, on the last output
 
 
 class SleepState:
@@ -272,7 +273,10 @@ class RolloutEngine:
             deltas.append(StreamDelta(
                 request_id=output.request_id, token_ids=list(completion.token_ids),
                 logprobs=list(completion.logprobs.logprobs) if completion.logprobs is not None else [],
-                finished=output.finished, truncated=completion.finish_reason == "length"))
+                finished=output.finished, truncated=completion.finish_reason == "length",
+                routed_experts=getattr(completion, "routed_experts", None)))
+        if self.routes.enabled:  # router replay: the step's recorded routes, kept per request
+            self.routes.stream_step(self.llm)
         return deltas
 
     def has_unfinished_requests(self) -> bool:
@@ -283,6 +287,7 @@ class RolloutEngine:
         if request_ids:
             self._record("abort", requests=list(request_ids))
             self.llm.llm_engine.abort_request(request_ids)
+            self.routes.stream_drop(request_ids)
 
     # ------------------------------------------------------------------------------------------
     # Weight sync

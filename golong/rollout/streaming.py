@@ -112,6 +112,7 @@ class StreamingCollector:
         self.version = 0  # steps collected so far: the policy version of the responses generating now
         self.carried: list[StreamGroup] = []  # partial=true: groups left for the next step, oldest first
         self.last_draws: list[int] = []  # the last step's groups' draw numbers, by group number
+        self._routes: dict[tuple[int, int], object] = {}  # router replay: (draw, response) -> its routes, until scored
 
     # ------------------------------------------------------------------------------------------
     # One step
@@ -125,6 +126,9 @@ class StreamingCollector:
         self.version += 1
         version = self.version
         start = time.perf_counter()
+        self.collector.route_store.clear()  # router replay: the last step's routes (as collect_step does)
+        engine.routes.stream_drop()
+        self._routes = {}
         active: list[StreamGroup] = []
         for group in self.carried:  # partial responses continue under the new policy
             active.append(group)
@@ -186,6 +190,10 @@ class StreamingCollector:
                     response.logprobs += delta.logprobs
                     if delta.finished:
                         response.finished, response.truncated = True, delta.truncated
+                        if engine.routes.enabled:  # router replay (partial=false: one request per response)
+                            self._routes[group.draw, j] = engine.routes.stream_routes(
+                                delta.request_id, [*self.collector.prompts[group.row], *response.tokens],
+                                delta.routed_experts)
             check += 1
 
         # the stop: whatever is still generating is aborted in vLLM
@@ -215,6 +223,9 @@ class StreamingCollector:
         scored = self.collector.score_responses([g.row for g, _ in responses], [g.draw for g, _ in responses],
                                                 [r.tokens for _, r in responses], [r.logprobs for _, r in responses],
                                                 [r.truncated for _, r in responses])
+        if self.engine.routes.enabled:  # the arrays stay on this rank; the trainer fetches what it trains
+            scored.routes = self.collector._keep_routes([self._routes.pop((g.draw, j)) for g in groups
+                                                         for j in range(len(g.responses))])
         n = self.cfg.n
         parts = [scored.select(list(range(k * n, (k + 1) * n))) for k in range(len(groups))]
         for part in parts:  # the pool's counters belong to the whole call: keep them on the first part only
