@@ -608,46 +608,41 @@ def _clear_run(workdir: str, name: str) -> None:
 def train_resume_worker(workdir: str) -> None:
     report = Reporter(workdir, "train_resume")
 
-    def check():
-        _clear_run(workdir, "train_resume")
-        recipe = _recipe(workdir, "train_resume", os.path.join(workdir, "model"), trainer__total_steps=2,
-                         trainer__save_every=1)
-        log = os.path.join(workdir, "logs", "train_resume.train.log")
-        _golong_train(recipe, log=log)
-        output = _golong_train(recipe, "trainer.total_steps=3", log=log)
+    def train_then_resume(name: str, **recipe) -> list[dict]:
+        """2 steps with a checkpoint each, then resumed to step 3: every step once, finite losses."""
+        _clear_run(workdir, name)
+        path = _recipe(workdir, name, os.path.join(workdir, "model"), trainer__total_steps=2, trainer__save_every=1,
+                       **recipe)
+        log = os.path.join(workdir, "logs", f"{name}.train.log")
+        _golong_train(path, log=log)
+        output = _golong_train(path, "trainer.total_steps=3", log=log)
         _expect("resuming from" in output, "the second run did not say it resumed")
-        records = _metrics(os.path.join(workdir, "runs", "train_resume"))
+        records = _metrics(os.path.join(workdir, "runs", name))
         steps = [r["step"] for r in records]
         _expect(steps == [1, 2, 3], f"steps logged {steps}, expected [1, 2, 3]")
         losses = [r["actor/loss"] for r in records]
         _expect(all(math.isfinite(x) for x in losses), f"losses {losses}")
-        return f"2 steps, checkpoints, resumed to step 3: steps {steps}, losses {', '.join(f'{x:.4f}' for x in losses)}"
+        return records
+
+    def check():
+        records = train_then_resume("train_resume")
+        losses = ", ".join(f"{r['actor/loss']:.4f}" for r in records)
+        return f"2 steps, checkpoints, resumed to step 3: steps {[r['step'] for r in records]}, losses {losses}"
 
     report.run("train_resume", check)
 
     def streaming():
-        _clear_run(workdir, "streaming")
         # 16 groups generating for a 4-group step, a check after every engine step: each step leaves groups
         # for the next, which trains them after the weight sync (responses stopped halfway continue then; the
         # selftest's untrained model mostly writes to max_response_length, so its groups finish together)
-        recipe = _recipe(workdir, "streaming", os.path.join(workdir, "model"), trainer__total_steps=2,
-                         trainer__save_every=1, rollout__mode="streaming", rollout__partial=True,
-                         rollout__stream_check_steps=1, rollout__stream_max_groups=16)
-        log = os.path.join(workdir, "logs", "streaming.train.log")
-        _golong_train(recipe, log=log)
-        output = _golong_train(recipe, "trainer.total_steps=3", log=log)
-        _expect("resuming from" in output, "the second run did not say it resumed")
-        records = _metrics(os.path.join(workdir, "runs", "streaming"))
-        steps = [r["step"] for r in records]
-        _expect(steps == [1, 2, 3], f"steps logged {steps}, expected [1, 2, 3]")
+        records = train_then_resume("streaming", rollout__mode="streaming", rollout__partial=True,
+                                    rollout__stream_check_steps=1, rollout__stream_max_groups=16)
         _expect(all(r["batch/trained_prompts"] == 4 for r in records),
                 f"groups trained {[r['batch/trained_prompts'] for r in records]}, expected 4 a step")
         continued = sum(r["rollout/partial_responses"] for r in records[1:])
         _expect(records[0]["rollout/carried_groups"] > 0, "step 1 left no group for step 2")
         _expect(max(r["rollout/policy_lag_max"] for r in records[1:]) >= 1,
                 "no group generated before a weight sync was trained after it")
-        losses = [r["actor/loss"] for r in records]
-        _expect(all(math.isfinite(x) for x in losses), f"losses {losses}")
         return (f"3 streaming steps (one resumed), groups carried over {[r['rollout/carried_groups'] for r in records]}, "
                 f"{continued:.0f} trained responses continued across a sync, "
                 f"policy lag <= {max(r['rollout/policy_lag_max'] for r in records):.0f}")

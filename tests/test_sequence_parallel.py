@@ -281,3 +281,24 @@ def test_golong_train_with_sp2_trains_and_resumes(tmp_path):
     for key in ("actor/loss", "actor/grad_norm", "actor/response_tokens", "actor/responses"):
         assert first[0][key] == pytest.approx(sp1[0][key], rel=1e-4, abs=1e-7), key
     assert all(r["rollout/logprob_abs_diff"] < 0.05 for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_streaming_rollouts_with_sp2_train_as_sp1(tmp_path):
+    """rollout.mode=streaming with partial rollouts is the rollout side's business: under sequence parallelism
+    (both ranks one SP group, still two vLLM engines) the steps stream the very same groups and the update
+    computes the same loss as without it."""
+    assets = tmp_path / "assets"
+    subprocess.run([sys.executable, "-m", "golong", "prepare-demo", str(assets), "--rows", "48"], check=True,
+                   capture_output=True, cwd=REPO, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+    stream = ["trainer.total_steps=2", "rollout.mode=streaming", "rollout.partial=true", "rollout.stream_check_steps=1",
+              "rollout.stream_max_groups=3", "rollout.max_response_length=12"]
+    _, sp1 = golong_train(assets, tmp_path / "sp1", *stream)
+    _, sp2 = golong_train(assets, tmp_path / "sp2", *stream, "trainer.sequence_parallel_size=2")
+    assert sum(r["rollout/partial_responses"] for r in sp1) > 0
+    for a, b in zip(sp1, sp2):
+        assert a["batch/fingerprint"] == b["batch/fingerprint"]
+        assert a["rollout/partial_responses"] == b["rollout/partial_responses"]
+    for key in ("actor/loss", "actor/grad_norm", "actor/response_tokens"):  # step 1: the same weights and groups
+        assert sp2[0][key] == pytest.approx(sp1[0][key], rel=1e-4, abs=1e-7), key
