@@ -1,7 +1,8 @@
 """Streaming rollouts (rollout.mode=streaming): the engine stays busy through the long tail.
 
-A synchronous round waits for its longest response while the batch thins out. Here every engine has
-`slots` groups generating at once, one vLLM request per response (n=1, seeded so that response j of a
+A synchronous round waits for its longest response while the batch thins out. Here every engine keeps
+`slots` groups' worth of responses generating (slots x G requests: a group whose other responses are done
+holds only its unfinished ones), one vLLM request per response (n=1, seeded so that response j of a
 group samples exactly what vLLM's parallel sampling gives child j: seed + j), driven through vLLM's own
 engine step loop (`RolloutEngine.add_request` / `step_requests` / `abort_requests`). One step:
 
@@ -149,7 +150,7 @@ class StreamingCollector:
             score_seconds += sum(f.rollouts.score_seconds for f in scored)
             kept_here = sum(1 for f in scored if self._kept(f.rollouts, filter_groups))
             counts = world.all_gather_objects((layout.rollout_dp_rank, layout.leads_tp_group, kept_here,
-                                               max(self.slots - len(active), 0), bool(active)))
+                                               self._free_slots(active), bool(active)))
             leads = [c for c in counts if c[1]]  # one entry per engine
             kept_so_far += sum(c[2] for c in leads)
             busy = any(c[4] for c in leads)
@@ -201,6 +202,12 @@ class StreamingCollector:
         seconds = time.perf_counter() - start - score_seconds
         return self._finish(finished, active, target_groups, filter_groups, version, drawn, filtered, seconds,
                             score_seconds, check + 1, sampler)
+
+    def _free_slots(self, active: list[StreamGroup]) -> int:
+        """New groups this engine can take: its capacity is slots x G requests generating at once, and a group
+        holds only its unfinished responses (a long response's finished siblings wait in host memory)."""
+        generating = sum(1 for g in active for r in g.responses if not r.finished)
+        return max(self.slots * self.cfg.n - generating, 0) // self.cfg.n
 
     def _submit(self, group: StreamGroup, j: int, version: int) -> None:
         response = group.responses[j]
@@ -275,6 +282,14 @@ class StreamingCollector:
             "rollout/policy_lag_max": float(max((version - oldest for _, oldest in trained_segments), default=0)),
             "rollout/checks": float(checks),
         }
+        # the responses still generating at the stop: what the finished ones leave out (their length so far is a
+        # lower bound of their length, so a trained length well under it is the finished-first bias)
+        unfinished = [r for g in active for r in g.responses if not r.finished]
+        counts = self.world.all_gather_objects((len(unfinished), sum(len(r.tokens) for r in unfinished))
+                                               if layout.leads_tp_group else (0, 0))
+        n_unfinished, unfinished_tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        metrics["rollout/unfinished"] = float(n_unfinished)
+        metrics["response_length/unfinished_mean"] = unfinished_tokens / n_unfinished if n_unfinished else 0.0
         if self.partial:  # in-flight and surplus groups continue next step, on the rank that holds them
             left = {draw for draw, _ in in_flight} | surplus
             self.carried = sorted([g for g in active if g.draw in left] +
@@ -284,11 +299,8 @@ class StreamingCollector:
         else:  # strictly on-policy: unfinished work is dropped, its prompts drawn again first
             back = sorted([(e[3], e[4].example_index[0]) for e in everything if e[3] in surplus] + in_flight)
             sampler.give_back([row for _, row in back])
-            unfinished = [r for g in active for r in g.responses if not r.finished]
-            counts = self.world.all_gather_objects((len(unfinished), sum(len(r.tokens) for r in unfinished))
-                                                   if layout.leads_tp_group else (0, 0))
-            metrics["rollout/aborted"] = float(sum(c[0] for c in counts))
-            metrics["rollout/aborted_tokens"] = float(sum(c[1] for c in counts))  # generated, then thrown away
+            metrics["rollout/aborted"] = float(n_unfinished)
+            metrics["rollout/aborted_tokens"] = float(unfinished_tokens)  # generated, then thrown away
             metrics["rollout/carried_groups"] = 0.0
             drawn -= len(back)  # handed back: the step did not consume them
         if len(train_draws) < target_groups:
