@@ -68,7 +68,8 @@ def test_keep_last_deletes_older_checkpoints_only_after_the_new_one_is_complete(
     assert (root / LATEST_FILE).read_text() == "step_000004"
     assert summaries[0]["latest"] == summaries[1]["latest"] == str(root / "step_000004")
     files = sorted(os.listdir(root / "step_000004"))
-    assert files == ["rng_rank_00000.json", "rng_rank_00001.json", RUN_STATE_FILE,
+    assert files == ["local_rank_00000.json", "local_rank_00001.json", "rng_rank_00000.json", "rng_rank_00001.json",
+                     RUN_STATE_FILE,
                      "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
                      "zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
